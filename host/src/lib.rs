@@ -1,0 +1,10 @@
+//! Aggregate Host: runs event-sourced aggregates shipped as WebAssembly components.
+//!
+//! Layers, data flowing one way: `registry` (component blobs and the manifest) and `runtime` (the
+//! sandbox) are used by the command service; `types` is shared by all.
+
+#![warn(missing_docs)]
+
+pub mod registry;
+pub mod runtime;
+pub mod types;
