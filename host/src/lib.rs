@@ -5,6 +5,8 @@
 
 #![warn(missing_docs)]
 
+pub mod demo;
 pub mod registry;
 pub mod runtime;
+pub mod store;
 pub mod types;
