@@ -5,8 +5,14 @@
 
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod app;
+pub mod client;
+pub mod config;
 pub mod demo;
 pub mod registry;
 pub mod runtime;
+pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod types;

@@ -1,8 +1,12 @@
 //! The `aggregate-host` binary: parses the command line and calls the library.
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use aggregate_host::client::{Client, ClientError, CommandOptions};
+use aggregate_host::config::Config;
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "aggregate-host", version, about = "Runs event-sourced aggregates shipped as WebAssembly components")]
@@ -11,8 +15,98 @@ struct Cli {
     command: Cmd,
 }
 
+/// Where a running host is, for the client subcommands.
+#[derive(Args)]
+struct Remote {
+    /// Base URL of the gateway API.
+    #[arg(long, env = "AGGREGATE_GATEWAY_URL", default_value = "http://127.0.0.1:8080")]
+    gateway: String,
+    /// Base URL of the admin API.
+    #[arg(long, env = "AGGREGATE_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
+    admin: String,
+    /// Admin bearer token.
+    #[arg(long, env = "AGGREGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Tenant (`x-tenant-id`) of gateway requests.
+    #[arg(long, env = "AGGREGATE_TENANT")]
+    tenant: Option<String>,
+}
+
+impl Remote {
+    fn client(self) -> Client {
+        Client::new(self.gateway, self.admin).with_token(self.token).with_tenant(self.tenant)
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the host: gateway and admin APIs, until SIGTERM or Ctrl-C.
+    Serve {
+        /// YAML configuration file (then `AGGREGATE_*` variables override it).
+        #[arg(long, env = "AGGREGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Upload a component for an aggregate type (admin API).
+    Deploy {
+        /// The aggregate type, e.g. `bank-account`.
+        aggregate_type: String,
+        /// The component (.wasm).
+        file: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Submit a command. The JSON's `type` field is the command type unless `--command` is given.
+    Send {
+        /// The aggregate type.
+        aggregate_type: String,
+        /// The aggregate id (a UUID v7), or `new` for a fresh one.
+        aggregate_id: String,
+        /// The command, e.g. '{"type": "deposit", "amount": 100}'.
+        json: String,
+        /// The command type (then the whole JSON is the payload).
+        #[arg(long)]
+        command: Option<String>,
+        /// Idempotency key (`x-command-id`, a UUID).
+        #[arg(long)]
+        command_id: Option<String>,
+        /// `x-correlation-id`.
+        #[arg(long)]
+        correlation_id: Option<String>,
+        /// Only if the aggregate is at this version (`x-expected-version`).
+        #[arg(long)]
+        expected_version: Option<u64>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print an aggregate's state and version.
+    State {
+        /// The aggregate type.
+        aggregate_type: String,
+        /// The aggregate id.
+        aggregate_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print an aggregate's events.
+    Events {
+        /// The aggregate type.
+        aggregate_type: String,
+        /// The aggregate id.
+        aggregate_id: String,
+        /// Only events after this version.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print `/ready` of a running host; exit 1 unless it is ready.
+    Health {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Deploy a bank-account component and run a short story through the runtime.
     Demo {
         /// The bank-account component (.wasm).
@@ -24,13 +118,75 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Problem { problem, .. }) => {
+                    eprintln!("error: {e}");
+                    eprintln!("{}", serde_json::to_string_pretty(problem).unwrap_or_default());
+                }
+                _ => eprintln!("error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(v: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string_pretty(v)?)?;
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Serve { config } => {
+            let config = Config::load(config.as_deref(), std::env::vars())?;
+            aggregate_host::telemetry::init_tracing(config.log_format, "info");
+            runtime()?.block_on(aggregate_host::api::serve(config, |bound| {
+                // One machine-readable line on stdout (the log goes to stderr): scripts and tests
+                // started with port 0 read the addresses from it.
+                println!("listening gateway=http://{} admin=http://{}", bound.gateway, bound.admin);
+                let _ = std::io::stdout().flush();
+            }))
+        }
+        Cmd::Deploy { aggregate_type, file, remote } => {
+            let wasm = std::fs::read(&file).map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+            print(&runtime()?.block_on(remote.client().deploy(&aggregate_type, wasm))?)
+        }
+        Cmd::Send { aggregate_type, aggregate_id, json, command, command_id, correlation_id, expected_version, remote } => {
+            let mut payload: serde_json::Value =
+                serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("the command is not JSON: {e}"))?;
+            let command = match command {
+                Some(c) => c,
+                None => match payload.as_object_mut().and_then(|o| o.remove("type")) {
+                    Some(serde_json::Value::String(t)) => t,
+                    _ => anyhow::bail!("say which command: a \"type\" field in the JSON, or --command"),
+                },
+            };
+            let id = if aggregate_id == "new" {
+                aggregate_host::types::AggregateId::generate().to_string()
+            } else {
+                aggregate_id
+            };
+            let options = CommandOptions { command_id, correlation_id, traceparent: None, expected_version };
+            print(&runtime()?.block_on(remote.client().send_with(&aggregate_type, &id, &command, &payload, &options))?)
+        }
+        Cmd::State { aggregate_type, aggregate_id, remote } => {
+            print(&runtime()?.block_on(remote.client().state(&aggregate_type, &aggregate_id))?)
+        }
+        Cmd::Events { aggregate_type, aggregate_id, after, limit, remote } => {
+            print(&runtime()?.block_on(remote.client().events(&aggregate_type, &aggregate_id, after, limit))?)
+        }
+        Cmd::Health { remote } => print(&runtime()?.block_on(remote.client().ready())?),
         Cmd::Demo { component, data_dir } => {
+            aggregate_host::telemetry::init_tracing(Default::default(), "warn");
             let tmp;
             let dir = match data_dir {
                 Some(d) => d,

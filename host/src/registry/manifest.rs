@@ -29,8 +29,11 @@ pub enum SnapshotPolicy {
     Rebuild,
 }
 
+/// Snapshot interval of an entry that does not set one.
+pub(crate) const DEFAULT_SNAPSHOT_EVERY: u64 = 100;
+
 fn default_snapshot_every() -> u64 {
-    100
+    DEFAULT_SNAPSHOT_EVERY
 }
 
 fn default_version() -> u64 {
@@ -117,7 +120,13 @@ impl Manifest {
     }
 
     /// Make `hash` the active component of `ty` (keeping the old one in the history).
-    pub(crate) fn activate(&mut self, ty: &AggregateType, hash: ComponentHash, limits: Option<Limits>) -> Deployed {
+    pub(crate) fn activate(
+        &mut self,
+        ty: &AggregateType,
+        hash: ComponentHash,
+        limits: Option<Limits>,
+        snapshot_every: u64,
+    ) -> Deployed {
         match self.aggregates.get_mut(ty) {
             Some(e) if e.component == hash && limits.as_ref().is_none_or(|l| *l == e.limits) => {
                 Deployed { component: hash, version: e.version, changed: false }
@@ -141,7 +150,7 @@ impl Manifest {
                         version: 1,
                         limits: limits.unwrap_or_default(),
                         isolation: Isolation::default(),
-                        snapshot_every: default_snapshot_every(),
+                        snapshot_every,
                         snapshot_policy: SnapshotPolicy::default(),
                         history: Vec::new(),
                     },
@@ -189,9 +198,9 @@ mod tests {
         let ty = AggregateType::new("t").unwrap();
         let (a, b) = (ComponentHash::of(b"a"), ComponentHash::of(b"b"));
         let mut m = Manifest::default();
-        assert_eq!(m.activate(&ty, a, None), Deployed { component: a, version: 1, changed: true });
-        assert!(!m.activate(&ty, a, None).changed);
-        assert_eq!(m.activate(&ty, b, None).version, 2);
+        assert_eq!(m.activate(&ty, a, None, 100), Deployed { component: a, version: 1, changed: true });
+        assert!(!m.activate(&ty, a, None, 100).changed);
+        assert_eq!(m.activate(&ty, b, None, 100).version, 2);
         assert_eq!(m.aggregates[&ty].history, vec![a]);
         let r = m.roll_back(&ty).unwrap();
         assert_eq!((r.component, r.version), (a, 3));
@@ -203,7 +212,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.yaml");
         let mut m = Manifest::default();
-        m.activate(&AggregateType::new("t").unwrap(), ComponentHash::of(b"x"), None);
+        m.activate(&AggregateType::new("t").unwrap(), ComponentHash::of(b"x"), None, 100);
         m.save(&path).unwrap();
         assert_eq!(Manifest::load(&path).unwrap(), m);
         assert_eq!(Manifest::load(&dir.path().join("absent.yaml")).unwrap(), Manifest::default());

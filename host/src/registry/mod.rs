@@ -126,6 +126,7 @@ pub struct Registry {
     deploy_lock: Mutex<()>,
     runtime: Arc<Runtime>,
     max_component_bytes: usize,
+    default_snapshot_every: u64,
 }
 
 impl Registry {
@@ -139,20 +140,7 @@ impl Registry {
     pub fn open(dir: &Path, manifest_path: &Path, runtime: Arc<Runtime>, max_component_bytes: usize) -> Result<Self> {
         let blobs = ComponentStore::open(&dir.join("components"))?;
         let manifest = Manifest::load(manifest_path)?;
-        let engine_max = runtime.config().max_memory_bytes;
-        for (ty, entry) in &manifest.aggregates {
-            entry.limits.validate(engine_max).map_err(|reason| RegistryError::InvalidEntry {
-                aggregate_type: ty.clone(),
-                reason: format!("limits: {reason}"),
-            })?;
-            let bytes = blobs.get(&entry.component).map_err(|e| RegistryError::InvalidEntry {
-                aggregate_type: ty.clone(),
-                reason: e.to_string(),
-            })?;
-            runtime
-                .load(&bytes)
-                .map_err(|source| RegistryError::Component { aggregate_type: ty.clone(), source })?;
-        }
+        load_active(&manifest, &blobs, &runtime)?;
         Ok(Self {
             blobs,
             manifest_path: manifest_path.to_path_buf(),
@@ -160,7 +148,14 @@ impl Registry {
             deploy_lock: Mutex::new(()),
             runtime,
             max_component_bytes,
+            default_snapshot_every: manifest::DEFAULT_SNAPSHOT_EVERY,
         })
+    }
+
+    /// The snapshot interval given to aggregate types deployed for the first time.
+    pub fn with_default_snapshot_every(mut self, n: u64) -> Self {
+        self.default_snapshot_every = n;
+        self
     }
 
     /// The blob store.
@@ -217,13 +212,51 @@ impl Registry {
         self.blobs.insert_with_hash(&hash, bytes)?;
         let _guard = self.deploy_lock.lock();
         let mut next = (*self.manifest()).clone();
-        let outcome = next.activate(ty, hash, limits);
+        let outcome = next.activate(ty, hash, limits, self.default_snapshot_every);
         if outcome.changed {
             next.save(&self.manifest_path)?;
             *self.manifest.write() = Arc::new(next);
             tracing::info!(aggregate_type = %ty, component = %hash, version = outcome.version, "deployed");
         }
         Ok(outcome)
+    }
+
+    /// Change an aggregate type's settings (limits, isolation, snapshot interval or policy) and
+    /// persist the manifest. The component stays the same.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::UnknownType`]; [`RegistryError::InvalidEntry`] when `change` refuses or the
+    /// limits do not validate; an I/O error.
+    pub fn update(&self, ty: &AggregateType, change: impl FnOnce(&mut TypeEntry) -> Result<(), String>) -> Result<()> {
+        let _guard = self.deploy_lock.lock();
+        let mut next = (*self.manifest()).clone();
+        let entry = next.aggregates.get_mut(ty).ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+        let invalid = |reason| RegistryError::InvalidEntry { aggregate_type: ty.clone(), reason };
+        change(entry).map_err(invalid)?;
+        entry.limits.validate(self.runtime.config().max_memory_bytes).map_err(|r| invalid(format!("limits: {r}")))?;
+        next.save(&self.manifest_path)?;
+        *self.manifest.write() = Arc::new(next);
+        Ok(())
+    }
+
+    /// Read the manifest file again (an operator edited it, or another host wrote it), load every
+    /// active component it names, and swap it in. Returns the aggregate types whose entry changed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::open`]; on any error the current manifest stays active.
+    pub fn reload(&self) -> Result<Vec<AggregateType>> {
+        let _guard = self.deploy_lock.lock();
+        let next = Manifest::load(&self.manifest_path)?;
+        load_active(&next, &self.blobs, &self.runtime)?;
+        let current = self.manifest();
+        let mut changed: Vec<AggregateType> =
+            next.aggregates.iter().filter(|(ty, e)| current.aggregates.get(*ty) != Some(*e)).map(|(ty, _)| ty.clone()).collect();
+        changed.extend(current.aggregates.keys().filter(|ty| !next.aggregates.contains_key(*ty)).cloned());
+        *self.manifest.write() = Arc::new(next);
+        tracing::info!(changed = changed.len(), "manifest reloaded");
+        Ok(changed)
     }
 
     /// Re-activate the component that was active before the current one.
@@ -247,4 +280,23 @@ impl Registry {
         tracing::info!(aggregate_type = %ty, component = %outcome.component, "rolled back");
         Ok(outcome)
     }
+}
+
+/// Validate every entry's limits and load its component into the runtime.
+fn load_active(manifest: &Manifest, blobs: &ComponentStore, runtime: &Runtime) -> Result<()> {
+    let engine_max = runtime.config().max_memory_bytes;
+    for (ty, entry) in &manifest.aggregates {
+        entry.limits.validate(engine_max).map_err(|reason| RegistryError::InvalidEntry {
+            aggregate_type: ty.clone(),
+            reason: format!("limits: {reason}"),
+        })?;
+        if runtime.is_loaded(&entry.component) {
+            continue;
+        }
+        let bytes = blobs
+            .get(&entry.component)
+            .map_err(|e| RegistryError::InvalidEntry { aggregate_type: ty.clone(), reason: e.to_string() })?;
+        runtime.load(&bytes).map_err(|source| RegistryError::Component { aggregate_type: ty.clone(), source })?;
+    }
+    Ok(())
 }

@@ -1,0 +1,356 @@
+//! Admin handlers: components (upload, list, versions, rollback, limits), tenants, drain, reload,
+//! health, readiness and metrics.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json as AxumJson;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::gateway::{body_error, path_error};
+use super::{ApiError, AppState, Routes};
+use crate::registry::RegistryError;
+use crate::runtime::Limits;
+use crate::types::{AggregateId, AggregateRef, AggregateType, TenantId};
+
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The token-protected routes and the open ones (probes and the API document).
+pub(super) fn routes() -> (Routes, Routes) {
+    let protected = Routes::new()
+        .add(Method::PUT, "/admin/aggregates/{aggregate_type}/component", upload)
+        .add(Method::GET, "/admin/aggregates", list)
+        .add(Method::GET, "/admin/aggregates/{aggregate_type}/versions", versions)
+        .add(Method::POST, "/admin/aggregates/{aggregate_type}/rollback", rollback)
+        .add(Method::PUT, "/admin/aggregates/{aggregate_type}/limits", limits)
+        .add(Method::GET, "/admin/tenants", tenants)
+        .add(Method::POST, "/admin/drain", drain)
+        .add(Method::POST, "/admin/resume", resume)
+        .add(Method::POST, "/admin/reload", reload)
+        .add(Method::GET, "/metrics", metrics);
+    let open = Routes::new()
+        .add(Method::GET, "/health", health)
+        .add(Method::GET, "/ready", ready)
+        .add(Method::GET, "/openapi.json", super::openapi);
+    (protected, open)
+}
+
+/// Byte-wise comparison whose time does not depend on where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `Authorization: Bearer <admin_token>` on every protected route (no token configured: the
+/// admin API is on loopback and open).
+pub(super) async fn require_token(State(st): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(expected) = &st.0.config.admin_token else { return next.run(request).await };
+    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
+    match given.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))) {
+        None => ApiError::Unauthorized("missing bearer token: send `Authorization: Bearer <admin token>`").into_response(),
+        Some(t) if same_secret(t.trim().as_bytes(), expected.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::Unauthorized("the bearer token is wrong").into_response(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("worker task: {e}")))
+}
+
+fn aggregate_type(path: Result<Path<String>, PathRejection>) -> Result<AggregateType, ApiError> {
+    let Path(ty) = path.map_err(path_error)?;
+    Ok(AggregateType::new(ty)?)
+}
+
+/// `PUT /admin/aggregates/{aggregate_type}/component` with the raw wasm as body.
+async fn upload(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ty = aggregate_type(path)?;
+    let limit = st.0.config.max_component_mb << 20;
+    let bytes = match body {
+        Ok(b) => b,
+        Err(e) => {
+            let e = body_error(e, "component", limit);
+            st.0.metrics.deploy(&ty, e.problem_type().slug());
+            return Err(e);
+        }
+    };
+    let size = bytes.len();
+    let compiles_before = st.0.runtime.stats().compiles;
+    let started = Instant::now();
+    let registry = st.0.registry.clone();
+    let deploy_ty = ty.clone();
+    let result = blocking(move || registry.deploy(&deploy_ty, &bytes, None)).await?;
+    // Compiling dominates a deploy that compiled; the registry validates, then compiles, then swaps.
+    if st.0.runtime.stats().compiles > compiles_before {
+        st.0.metrics.compiled(started.elapsed());
+    }
+    match result {
+        Ok(d) => {
+            st.0.metrics.deploy(&ty, if d.changed { "deployed" } else { "unchanged" });
+            let status = if d.changed { StatusCode::CREATED } else { StatusCode::OK };
+            let body = json!({
+                "aggregate_type": ty,
+                "component": d.component,
+                "version": d.version,
+                "changed": d.changed,
+                "bytes": size,
+            });
+            Ok((status, AxumJson(body)).into_response())
+        }
+        Err(e) => {
+            let e = ApiError::Registry(e);
+            st.0.metrics.deploy(&ty, e.problem_type().slug());
+            Err(e)
+        }
+    }
+}
+
+/// `GET /admin/aggregates`
+async fn list(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let manifest = st.0.registry.manifest();
+    let aggregates: Vec<Value> = manifest
+        .aggregates
+        .iter()
+        .map(|(ty, e)| {
+            json!({
+                "aggregate_type": ty,
+                "component": e.component,
+                "version": e.version,
+                "limits": e.limits,
+                "isolation": e.isolation,
+                "snapshot_every": e.snapshot_every,
+                "snapshot_policy": e.snapshot_policy,
+                "earlier_components": e.history.len(),
+            })
+        })
+        .collect();
+    Ok(AxumJson(json!({ "aggregates": aggregates })).into_response())
+}
+
+/// `GET /admin/aggregates/{aggregate_type}/versions`: earlier components, oldest first, then the
+/// active one.
+async fn versions(State(st): State<AppState>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    let ty = aggregate_type(path)?;
+    let manifest = st.0.registry.manifest();
+    let entry = manifest.aggregates.get(&ty).ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+    let blobs = st.0.registry.blobs();
+    let size = |h| std::fs::metadata(blobs.path(h)).map(|m| m.len()).ok();
+    let mut versions: Vec<Value> =
+        entry.history.iter().map(|h| json!({ "component": h, "active": false, "bytes": size(h) })).collect();
+    versions.push(json!({ "component": entry.component, "active": true, "bytes": size(&entry.component) }));
+    Ok(AxumJson(json!({
+        "aggregate_type": ty,
+        "component": entry.component,
+        "version": entry.version,
+        "versions": versions,
+    }))
+    .into_response())
+}
+
+/// `POST /admin/aggregates/{aggregate_type}/rollback`
+async fn rollback(State(st): State<AppState>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+    let ty = aggregate_type(path)?;
+    let registry = st.0.registry.clone();
+    let rollback_ty = ty.clone();
+    let d = blocking(move || registry.rollback(&rollback_ty)).await??;
+    Ok(AxumJson(json!({ "aggregate_type": ty, "component": d.component, "version": d.version, "changed": d.changed }))
+        .into_response())
+}
+
+/// `PUT /admin/aggregates/{aggregate_type}/limits` with a JSON object of the limits to change.
+async fn limits(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ty = aggregate_type(path)?;
+    let body = body.map_err(|e| body_error(e, "limits", 64 << 10))?;
+    let change: serde_json::Map<String, Value> =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("limits: {e}")))?;
+    let current = st.0.registry.resolve(&ty)?.limits;
+    let mut merged = serde_json::to_value(current).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let obj = merged.as_object_mut().expect("limits serialize as an object");
+    obj.extend(change);
+    let limits: Limits = serde_json::from_value(merged).map_err(|e| ApiError::BadRequest(format!("limits: {e}")))?;
+    let registry = st.0.registry.clone();
+    let (update_ty, new) = (ty.clone(), limits.clone());
+    blocking(move || {
+        registry.update(&update_ty, |e| {
+            e.limits = new;
+            Ok(())
+        })
+    })
+    .await??;
+    Ok(AxumJson(json!({ "aggregate_type": ty, "limits": limits })).into_response())
+}
+
+/// `GET /admin/tenants`
+async fn tenants(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let mut out = Vec::new();
+    for t in st.0.tenants.statuses() {
+        let aggregates = st.0.service.log().list_aggregates(&t.tenant).await.map(|a| a.len()).ok();
+        out.push(json!({
+            "tenant_id": t.tenant.as_str(),
+            "aggregates": aggregates,
+            "in_flight": t.in_flight,
+            "draining": t.draining,
+            "last_activity": t.last_activity,
+        }));
+    }
+    Ok(AxumJson(json!({ "tenants": out })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    #[serde(default)]
+    tenant_id: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn drain_request(body: Result<Bytes, BytesRejection>) -> Result<(TenantId, Duration), ApiError> {
+    let body = body.map_err(|e| body_error(e, "request", 64 << 10))?;
+    let r: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
+    };
+    let tenant = TenantId::new(r.tenant_id.unwrap_or_default())?;
+    Ok((tenant, r.timeout_ms.map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis)))
+}
+
+/// `POST /admin/drain` `{"tenant_id": "acme", "timeout_ms": 30000}`: refuse the tenant's new
+/// commands and wait for those in flight.
+async fn drain(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let (tenant, timeout) = drain_request(body)?;
+    let started = Instant::now();
+    let left = st.0.tenants.drain(&tenant, timeout).await;
+    tracing::info!(tenant_id = tenant.as_str(), in_flight = left, "tenant drained");
+    Ok(AxumJson(json!({
+        "tenant_id": tenant.as_str(),
+        "draining": true,
+        "drained": left == 0,
+        "in_flight": left,
+        "waited_ms": started.elapsed().as_millis() as u64,
+    }))
+    .into_response())
+}
+
+/// `POST /admin/resume` `{"tenant_id": "acme"}`: accept the tenant's commands again.
+async fn resume(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let (tenant, _) = drain_request(body)?;
+    let was = st.0.tenants.resume(&tenant);
+    Ok(AxumJson(json!({ "tenant_id": tenant.as_str(), "draining": false, "was_draining": was })).into_response())
+}
+
+/// `POST /admin/reload`: read the manifest file again; placement is single-host until the
+/// cluster module exists.
+async fn reload(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let registry = st.0.registry.clone();
+    let compiles_before = st.0.runtime.stats().compiles;
+    let started = Instant::now();
+    let changed = blocking(move || registry.reload()).await?.map_err(ApiError::Reload)?;
+    if st.0.runtime.stats().compiles > compiles_before {
+        st.0.metrics.compiled(started.elapsed());
+    }
+    Ok(AxumJson(json!({
+        "changed": changed,
+        "aggregates": st.0.registry.manifest().aggregates.len(),
+        "placement": { "mode": "single-host", "tenants": st.0.config.tenants },
+    }))
+    .into_response())
+}
+
+/// `GET /metrics` (Prometheus text format).
+async fn metrics(State(st): State<AppState>) -> Response {
+    st.0.metrics.sync_runtime(&st.0.runtime.stats());
+    let ct = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    ([(header::CONTENT_TYPE, ct)], st.0.metrics.render()).into_response()
+}
+
+/// One read of the event log (through NATS in JetStream mode).
+async fn probe_event_log(st: &AppState) -> Value {
+    let probe = AggregateRef {
+        tenant: TenantId::new("health-probe").expect("valid"),
+        aggregate_type: AggregateType::new("health-probe").expect("valid"),
+        aggregate_id: AggregateId::from_uuid(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001)).expect("a v7 UUID"),
+    };
+    let started = Instant::now();
+    let log = st.0.service.log();
+    let (ok, error) = match tokio::time::timeout(PROBE_TIMEOUT, log.version(&probe)).await {
+        Ok(Ok(_)) => (true, None),
+        Ok(Err(e)) => (false, Some(e.to_string())),
+        Err(_) => (false, Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis()))),
+    };
+    json!({ "ok": ok, "kind": log.kind(), "latency_ms": started.elapsed().as_secs_f64() * 1e3, "error": error })
+}
+
+fn nats_status(st: &AppState, log: &Value) -> Value {
+    match &st.0.config.nats_url {
+        Some(url) => json!({ "ok": log["ok"], "url": url }),
+        None => Value::Null,
+    }
+}
+
+/// `GET /health`: liveness. Always 200 while the process serves; `status` says whether storage
+/// and NATS answer.
+async fn health(State(st): State<AppState>) -> Response {
+    let log = probe_event_log(&st).await;
+    let status = if log["ok"] == Value::Bool(true) { "ok" } else { "degraded" };
+    AxumJson(json!({
+        "status": status,
+        "uptime_secs": st.0.started.elapsed().as_secs(),
+        "event_log": log,
+        "nats": nats_status(&st, &log),
+    }))
+    .into_response()
+}
+
+/// `GET /ready`: 200 when configuration, manifest, storage and NATS are all good and the host is
+/// not shutting down; otherwise a `not-ready` problem listing the checks.
+async fn ready(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let manifest = st.0.registry.manifest();
+    let missing: Vec<&AggregateType> =
+        manifest.aggregates.iter().filter(|(_, e)| !st.0.runtime.is_loaded(&e.component)).map(|(t, _)| t).collect();
+    let log = probe_event_log(&st).await;
+    let mut checks = json!({
+        "config": { "ok": true },
+        "manifest": { "ok": missing.is_empty(), "aggregates": manifest.aggregates.len(), "not_loaded": missing },
+        "storage": log,
+        "accepting": { "ok": !st.0.tenants.is_shutting_down() },
+    });
+    let nats = nats_status(&st, &checks["storage"]);
+    if !nats.is_null() {
+        checks["nats"] = nats;
+    }
+    let ok = checks.as_object().expect("object").values().all(|c| c["ok"] == Value::Bool(true));
+    if ok {
+        Ok(AxumJson(json!({ "ready": true, "checks": checks })).into_response())
+    } else {
+        Err(ApiError::NotReady(checks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcdeF"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcde"));
+    }
+}

@@ -1,0 +1,240 @@
+//! The HTTP API: the gateway (commands and queries) and the admin API (deploy, health, metrics),
+//! each an axum [`Router`] on its own listener. Errors become RFC 7807 problems in exactly one
+//! place ([`error`]); the OpenAPI document (`openapi.yaml`) is served at `/openapi.json` and a
+//! test keeps it equal to the routes below.
+//!
+//! # Examples
+//!
+//! Tests call a router without a socket:
+//!
+//! ```no_run
+//! # async fn f(state: aggregate_host::api::AppState) {
+//! use tower::ServiceExt;
+//! let response = aggregate_host::api::gateway(state)
+//!     .oneshot(axum::http::Request::get("/openapi.json").body(axum::body::Body::empty()).unwrap())
+//!     .await
+//!     .unwrap();
+//! assert!(response.status().is_success());
+//! # }
+//! ```
+
+mod admin;
+pub mod error;
+mod gateway;
+mod server;
+pub mod tenants;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::handler::Handler;
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::Router;
+use tracing::Instrument;
+
+pub use self::error::{ApiError, ProblemType, PROBLEM_JSON};
+pub use self::server::{serve, Bound};
+use self::tenants::{Tenants, TENANT_HEADER};
+use crate::app::Host;
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::runtime::Runtime;
+use crate::service::CommandService;
+use crate::telemetry::Metrics;
+
+/// The OpenAPI document of both APIs (YAML source).
+pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+struct Shared {
+    config: Config,
+    service: Arc<CommandService>,
+    registry: Arc<Registry>,
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    tenants: Tenants,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    openapi: bytes::Bytes,
+    started: Instant,
+}
+
+impl AppState {
+    /// The state of a host's APIs; reports the service's work to `metrics`.
+    ///
+    /// # Panics
+    ///
+    /// If the embedded OpenAPI document is not valid YAML (a test guards this).
+    pub fn new(host: &Host, metrics: Arc<Metrics>) -> Self {
+        host.service.set_observer(metrics.clone());
+        let doc: serde_json::Value = serde_yaml::from_str(OPENAPI_YAML).expect("openapi.yaml is valid YAML");
+        let config = host.config.clone();
+        Self(Arc::new(Shared {
+            tenants: Tenants::new(config.multi_tenant, config.tenants.clone()),
+            config,
+            service: host.service.clone(),
+            registry: host.registry.clone(),
+            runtime: host.runtime.clone(),
+            metrics,
+            shutdown: tokio::sync::watch::channel(false).0,
+            openapi: serde_json::to_vec(&doc).expect("JSON").into(),
+            started: Instant::now(),
+        }))
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+
+    /// Tenant gates (drain, in-flight counts).
+    pub fn tenants(&self) -> &Tenants {
+        &self.0.tenants
+    }
+
+    /// Stop accepting commands and end every event stream (the first step of a graceful
+    /// shutdown).
+    pub fn begin_shutdown(&self) {
+        self.0.tenants.begin_shutdown();
+        self.0.shutdown.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::begin_shutdown`] was called.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    }
+}
+
+/// One route of the API, as recorded while the routers are built (and compared with the OpenAPI
+/// document by a test).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Operation {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path template, e.g. `/aggregates/{aggregate_type}/{aggregate_id}`.
+    pub path: String,
+}
+
+/// A router that remembers which operations it has.
+struct Routes {
+    router: Router<AppState>,
+    operations: Vec<Operation>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Self { router: Router::new(), operations: Vec::new() }
+    }
+
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("standard method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.operations.push(Operation { method: method.to_string(), path: path.to_string() });
+        self
+    }
+
+    fn merge(mut self, other: Routes) -> Self {
+        self.router = self.router.merge(other.router);
+        self.operations.extend(other.operations);
+        self
+    }
+}
+
+/// The operations of the gateway and of the admin API, in that order.
+pub fn operations() -> (Vec<Operation>, Vec<Operation>) {
+    let (a, b) = admin::routes();
+    (gateway::routes().operations, a.merge(b).operations)
+}
+
+/// The gateway router: commands, queries, the event stream, the OpenAPI document.
+pub fn gateway(state: AppState) -> Router {
+    let limit = state.0.config.max_command_bytes;
+    gateway::routes()
+        .router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), log_requests::<true>))
+        .with_state(state)
+}
+
+/// The admin router: components, tenants, drain, reload, `/health`, `/ready`, `/metrics`. Every
+/// route but `/health`, `/ready` and `/openapi.json` needs the bearer token (when one is
+/// configured).
+pub fn admin(state: AppState) -> Router {
+    let limit = state.0.config.max_component_mb << 20;
+    let (protected, open) = admin::routes();
+    let protected = protected.router.route_layer(middleware::from_fn_with_state(state.clone(), admin::require_token));
+    protected
+        .merge(open.router)
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), log_requests::<false>))
+        .with_state(state)
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path()))
+}
+
+async fn wrong_method(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed(request.method().to_string())
+}
+
+async fn openapi(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], state.0.openapi.clone()).into_response()
+}
+
+/// A request span carrying tenant, correlation id and trace id; logs 5xx answers with their hidden
+/// detail at `error`, 4xx at `debug`; counts gateway errors per tenant.
+async fn log_requests<const GATEWAY: bool>(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let tenant = text(TENANT_HEADER);
+    let correlation_id = text(gateway::CORRELATION_HEADER);
+    let traceparent = text("traceparent");
+    let trace_id = traceparent.as_deref().and_then(crate::telemetry::trace_id).map(str::to_owned);
+    let listener = if GATEWAY { "gateway" } else { "admin" };
+    let span = tracing::info_span!(
+        "request",
+        listener,
+        method = %request.method(),
+        path = %request.uri().path(),
+        tenant_id = tenant.as_deref().unwrap_or(""),
+        correlation_id = correlation_id.as_deref().unwrap_or(""),
+        trace_id = trace_id.as_deref().unwrap_or(""),
+    );
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let problem = response.extensions().get::<error::ProblemMarker>().map(|p| p.0.slug());
+    if let Some(detail) = response.extensions().get::<error::HiddenDetail>() {
+        tracing::error!(parent: &span, status = status.as_u16(), ms, problem, error = %detail.0, "request failed");
+    } else if status.is_client_error() {
+        tracing::debug!(parent: &span, status = status.as_u16(), ms, problem, "request refused");
+    } else {
+        tracing::debug!(parent: &span, status = status.as_u16(), ms, "request served");
+    }
+    if let (true, Some(problem)) = (GATEWAY, problem) {
+        state.0.metrics.tenant_error(state.0.tenants.metric_label(tenant.as_deref()), problem);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! `serve`: open the host, bind both listeners, run until SIGTERM or Ctrl-C, then shut down
+//! gracefully: stop accepting, let in-flight commands finish, flush, exit.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::{admin, gateway, AppState};
+use crate::app::Host;
+use crate::config::Config;
+use crate::telemetry::Metrics;
+
+/// The addresses the APIs are bound to (useful with port 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The gateway API.
+    pub gateway: SocketAddr,
+    /// The admin API.
+    pub admin: SocketAddr,
+}
+
+/// Run the host until SIGTERM or SIGINT. `on_bound` is called once both listeners are bound and
+/// the host is ready to serve.
+///
+/// # Errors
+///
+/// When the host cannot open (storage, manifest, NATS), a listener cannot be bound, or the final
+/// flush fails.
+pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let (gateway_addr, admin_addr) = (config.gateway_listen, config.admin_listen);
+    let host = Host::open(config).await?;
+    let state = AppState::new(&host, Metrics::new());
+    let gateway_listener =
+        tokio::net::TcpListener::bind(gateway_addr).await.with_context(|| format!("bind gateway_listen {gateway_addr}"))?;
+    let admin_listener =
+        tokio::net::TcpListener::bind(admin_addr).await.with_context(|| format!("bind admin_listen {admin_addr}"))?;
+    let bound = Bound { gateway: gateway_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    tracing::info!(
+        gateway = %bound.gateway,
+        admin = %bound.admin,
+        event_log = host.service.log().kind(),
+        aggregate_types = host.registry.manifest().aggregates.len(),
+        "serving"
+    );
+    on_bound(bound);
+
+    {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let signal = termination().await;
+            tracing::info!(signal, "shutting down: refusing new commands, finishing those in flight");
+            state.begin_shutdown();
+        });
+    }
+    let gateway_server =
+        axum::serve(gateway_listener, gateway(state.clone())).with_graceful_shutdown(state.shutdown_signal());
+    let admin_server = axum::serve(admin_listener, admin(state.clone())).with_graceful_shutdown(state.shutdown_signal());
+    let servers = async { tokio::try_join!(gateway_server.into_future(), admin_server.into_future()) };
+    let deadline = {
+        let stopping = state.shutdown_signal();
+        async move {
+            stopping.await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    tokio::select! {
+        r = servers => { r.context("HTTP server")?; }
+        () = deadline => tracing::warn!(grace_secs = grace.as_secs(), "grace period over; closing open connections"),
+    }
+    // Commands run on their own tasks; wait for any whose client went away.
+    let left = state.tenants().wait_all_idle(grace).await;
+    if left > 0 {
+        tracing::warn!(in_flight = left, "commands still running at exit");
+    }
+    host.service.flush().await.context("flush on shutdown")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn termination() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the host");
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn termination() -> &'static str {
+    let _ = tokio::signal::ctrl_c().await;
+    "Ctrl-C"
+}

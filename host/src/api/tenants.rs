@@ -1,0 +1,268 @@
+//! Which tenant a request acts for, and the per-tenant gate that drain and graceful shutdown use:
+//! a count of commands in flight, a "draining" flag, and the time of the last request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::error::ApiError;
+use crate::types::TenantId;
+
+/// The tenant header.
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+#[derive(Default)]
+struct Gate {
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+    /// Milliseconds since the epoch of the last request; 0 = none.
+    last_activity: AtomicI64,
+    idle: Notify,
+}
+
+/// A tenant as `/admin/tenants` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantStatus {
+    /// The tenant.
+    pub tenant: TenantId,
+    /// Commands running now.
+    pub in_flight: usize,
+    /// Whether commands are refused.
+    pub draining: bool,
+    /// When it last sent a request (since this host started).
+    pub last_activity: Option<DateTime<Utc>>,
+}
+
+/// Tenant resolution and gates.
+pub struct Tenants {
+    multi_tenant: bool,
+    hosted: Vec<TenantId>,
+    gates: Mutex<HashMap<TenantId, Arc<Gate>>>,
+    shutting_down: AtomicBool,
+}
+
+/// A command in flight; dropping it lets drains and shutdown proceed.
+pub struct InFlight {
+    gate: Arc<Gate>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.gate.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.gate.idle.notify_waiters();
+        }
+    }
+}
+
+impl Tenants {
+    /// `hosted` empty means every tenant is served.
+    pub fn new(multi_tenant: bool, hosted: Vec<TenantId>) -> Self {
+        Self { multi_tenant, hosted, gates: Mutex::default(), shutting_down: AtomicBool::new(false) }
+    }
+
+    fn gate(&self, tenant: &TenantId) -> Arc<Gate> {
+        self.gates.lock().entry(tenant.clone()).or_default().clone()
+    }
+
+    /// The tenant of a request: `x-tenant-id`, validated; absent means the single tenant unless
+    /// the host is multi-tenant. Records the request as the tenant's latest activity.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::MissingTenant`], [`ApiError::Invalid`] for a malformed id,
+    /// [`ApiError::TenantNotHosted`] for a tenant outside the configured list.
+    pub fn resolve(&self, headers: &HeaderMap) -> Result<TenantId, ApiError> {
+        let tenant = match headers.get(TENANT_HEADER) {
+            None if self.multi_tenant => return Err(ApiError::MissingTenant),
+            None => TenantId::single(),
+            Some(v) => {
+                let v = v.to_str().map_err(|_| ApiError::BadRequest("x-tenant-id is not visible ASCII".into()))?;
+                let t = TenantId::new(v)?;
+                if t.is_single() && self.multi_tenant {
+                    return Err(ApiError::MissingTenant);
+                }
+                t
+            }
+        };
+        if !tenant.is_single() && !self.hosted.is_empty() && !self.hosted.contains(&tenant) {
+            return Err(ApiError::TenantNotHosted(tenant));
+        }
+        self.gate(&tenant).last_activity.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        Ok(tenant)
+    }
+
+    /// The `tenant_id` label for a raw `x-tenant-id` value: the tenant itself when it is valid and
+    /// hosted, else a fixed marker, so junk headers cannot create unbounded label values.
+    pub fn metric_label<'a>(&self, raw: Option<&'a str>) -> &'a str {
+        match raw {
+            None | Some("") => "=single",
+            Some(t) => match TenantId::new(t) {
+                Err(_) => "=invalid",
+                Ok(id) if !self.hosted.is_empty() && !self.hosted.contains(&id) => "=not-hosted",
+                Ok(_) => t,
+            },
+        }
+    }
+
+    /// Let a command of `tenant` in, unless the tenant is drained or the host is shutting down.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::TenantDraining`] or [`ApiError::ShuttingDown`].
+    pub fn admit(&self, tenant: &TenantId) -> Result<InFlight, ApiError> {
+        let gate = self.gate(tenant);
+        // Count first, check second; `drain` sets the flag first and waits for the count second.
+        // With sequentially consistent order a command either sees the flag or is waited for.
+        gate.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight { gate };
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::ShuttingDown);
+        }
+        if guard.gate.draining.load(Ordering::SeqCst) {
+            return Err(ApiError::TenantDraining(tenant.clone()));
+        }
+        Ok(guard)
+    }
+
+    /// Refuse `tenant`'s new commands and wait (at most `timeout`) for those in flight. Returns
+    /// how many are still running (0 when drained).
+    pub async fn drain(&self, tenant: &TenantId, timeout: Duration) -> usize {
+        let gate = self.gate(tenant);
+        gate.draining.store(true, Ordering::SeqCst);
+        wait_idle(&gate, timeout).await
+    }
+
+    /// Accept `tenant`'s commands again. Returns whether it was drained.
+    pub fn resume(&self, tenant: &TenantId) -> bool {
+        self.gate(tenant).draining.swap(false, Ordering::SeqCst)
+    }
+
+    /// Refuse every new command from now on (graceful shutdown).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Tenants::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Wait (at most `timeout` in all) until no tenant has a command in flight. Returns how many
+    /// are still running.
+    pub async fn wait_all_idle(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let gates: Vec<Arc<Gate>> = self.gates.lock().values().cloned().collect();
+        let mut left = 0;
+        for g in gates {
+            left += wait_idle(&g, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+        }
+        left
+    }
+
+    /// The configured tenants and every tenant seen since start, in order.
+    pub fn statuses(&self) -> Vec<TenantStatus> {
+        let gates = self.gates.lock();
+        let mut out: BTreeMap<TenantId, TenantStatus> = self
+            .hosted
+            .iter()
+            .map(|t| (t.clone(), TenantStatus { tenant: t.clone(), in_flight: 0, draining: false, last_activity: None }))
+            .collect();
+        for (t, g) in gates.iter() {
+            let ms = g.last_activity.load(Ordering::Relaxed);
+            out.insert(
+                t.clone(),
+                TenantStatus {
+                    tenant: t.clone(),
+                    in_flight: g.in_flight.load(Ordering::SeqCst),
+                    draining: g.draining.load(Ordering::SeqCst),
+                    last_activity: (ms > 0).then(|| DateTime::from_timestamp_millis(ms)).flatten(),
+                },
+            );
+        }
+        out.into_values().collect()
+    }
+}
+
+async fn wait_idle(gate: &Gate, timeout: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = gate.idle.notified();
+        tokio::pin!(notified);
+        // Register before checking, so a notification between the check and the await is kept.
+        notified.as_mut().enable();
+        let n = gate.in_flight.load(Ordering::SeqCst);
+        if n == 0 {
+            return 0;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return gate.in_flight.load(Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(tenant: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(t) = tenant {
+            h.insert(TENANT_HEADER, HeaderValue::from_str(t).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn resolves_by_mode_and_hosted_list() {
+        let single = Tenants::new(false, vec![]);
+        assert!(single.resolve(&headers(None)).unwrap().is_single());
+        assert_eq!(single.resolve(&headers(Some("acme"))).unwrap().as_str(), "acme");
+        assert!(matches!(single.resolve(&headers(Some("a.b"))), Err(ApiError::Invalid(_))));
+        let multi = Tenants::new(true, vec![TenantId::new("acme").unwrap()]);
+        assert!(matches!(multi.resolve(&headers(None)), Err(ApiError::MissingTenant)));
+        assert!(matches!(multi.resolve(&headers(Some(""))), Err(ApiError::MissingTenant)));
+        assert!(matches!(multi.resolve(&headers(Some("globex"))), Err(ApiError::TenantNotHosted(_))));
+        assert_eq!(multi.resolve(&headers(Some("acme"))).unwrap().as_str(), "acme");
+        let s = multi.statuses();
+        assert_eq!(s.len(), 1);
+        assert!(s[0].last_activity.is_some());
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_in_flight_and_refuses_new_commands() {
+        let tenants = Arc::new(Tenants::new(false, vec![]));
+        let t = TenantId::new("acme").unwrap();
+        let running = tenants.admit(&t).unwrap();
+        let drain = {
+            let (tenants, t) = (tenants.clone(), t.clone());
+            tokio::spawn(async move { tenants.drain(&t, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!drain.is_finished(), "drain must wait for the command in flight");
+        assert!(matches!(tenants.admit(&t), Err(ApiError::TenantDraining(_))));
+        drop(running);
+        assert_eq!(drain.await.unwrap(), 0);
+        // Other tenants are unaffected; a resumed tenant is admitted again.
+        assert!(tenants.admit(&TenantId::new("globex").unwrap()).is_ok());
+        assert!(tenants.resume(&t));
+        assert!(tenants.admit(&t).is_ok());
+    }
+
+    #[tokio::test]
+    async fn drain_times_out_with_the_count_still_running() {
+        let tenants = Tenants::new(false, vec![]);
+        let t = TenantId::single();
+        let _running = tenants.admit(&t).unwrap();
+        assert_eq!(tenants.drain(&t, Duration::from_millis(30)).await, 1);
+        tenants.begin_shutdown();
+        assert!(matches!(tenants.admit(&TenantId::new("x").unwrap()), Err(ApiError::ShuttingDown)));
+        assert_eq!(tenants.wait_all_idle(Duration::from_millis(10)).await, 1);
+    }
+}

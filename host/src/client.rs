@@ -1,0 +1,250 @@
+//! A small HTTP client of a running host's gateway and admin APIs (used by the CLI, the
+//! end-to-end tests and the load bench).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), aggregate_host::client::ClientError> {
+//! use aggregate_host::client::Client;
+//! let host = Client::new("http://127.0.0.1:8080", "http://127.0.0.1:8081").with_token(Some("…".into()));
+//! let wasm = std::fs::read("bank_account.wasm").unwrap();
+//! host.deploy("bank-account", wasm).await?;
+//! let id = aggregate_host::types::AggregateId::generate().to_string();
+//! let answer = host.send("bank-account", &id, "open", &serde_json::json!({"owner": "Ada"})).await?;
+//! assert_eq!(answer["version"], 1);
+//! # Ok(()) }
+//! ```
+
+use serde_json::Value;
+
+/// What a request failed with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The host could not be reached or answered garbage.
+    #[error("{url}: {source}")]
+    Http {
+        /// The request URL.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The host answered with an error (an RFC 7807 problem when it is one).
+    #[error("{status} {}: {}", problem_slug(.problem), .problem["detail"].as_str().unwrap_or(""))]
+    Problem {
+        /// The HTTP status.
+        status: u16,
+        /// The problem body (or `{"detail": <text>}` for a non-JSON body).
+        problem: Value,
+    },
+}
+
+fn problem_slug(p: &Value) -> &str {
+    p["type"].as_str().map(|t| t.rsplit('/').next().unwrap_or(t)).unwrap_or("error")
+}
+
+impl ClientError {
+    /// The HTTP status of a problem answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Problem { status, .. } => Some(*status),
+            ClientError::Http { .. } => None,
+        }
+    }
+
+    /// The problem's slug (`version-conflict`, ...), for a problem answer.
+    pub fn problem_type(&self) -> Option<&str> {
+        match self {
+            ClientError::Problem { problem, .. } => Some(problem_slug(problem)),
+            ClientError::Http { .. } => None,
+        }
+    }
+}
+
+/// Options of one command.
+#[derive(Debug, Clone, Default)]
+pub struct CommandOptions {
+    /// `x-command-id` (idempotency key).
+    pub command_id: Option<String>,
+    /// `x-correlation-id`.
+    pub correlation_id: Option<String>,
+    /// `traceparent`.
+    pub traceparent: Option<String>,
+    /// `x-expected-version`.
+    pub expected_version: Option<u64>,
+}
+
+/// A client of one host.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    gateway: String,
+    admin: String,
+    token: Option<String>,
+    tenant: Option<String>,
+}
+
+impl Client {
+    /// A client of the gateway and admin APIs at these base URLs.
+    pub fn new(gateway: impl Into<String>, admin: impl Into<String>) -> Self {
+        let trim = |s: String| s.trim_end_matches('/').to_string();
+        Self {
+            http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client"),
+            gateway: trim(gateway.into()),
+            admin: trim(admin.into()),
+            token: None,
+            tenant: None,
+        }
+    }
+
+    /// Send this admin token.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Act as this tenant (`x-tenant-id`).
+    pub fn with_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// The gateway base URL.
+    pub fn gateway_url(&self) -> &str {
+        &self.gateway
+    }
+
+    /// The admin base URL.
+    pub fn admin_url(&self) -> &str {
+        &self.admin
+    }
+
+    /// The underlying HTTP client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn gw(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.gateway));
+        match &self.tenant {
+            Some(t) => r.header("x-tenant-id", t),
+            None => r,
+        }
+    }
+
+    fn adm(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.admin));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    /// Send a request; a 2xx JSON body is returned, anything else is a [`ClientError::Problem`].
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn execute(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let request = request.build().map_err(|source| ClientError::Http { url: String::new(), source })?;
+        let url = request.url().to_string();
+        let http = |source| ClientError::Http { url: url.clone(), source };
+        let response = self.http.execute(request).await.map_err(http)?;
+        let status = response.status();
+        let text = response.text().await.map_err(http)?;
+        let body = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "detail": text }));
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(ClientError::Problem { status: status.as_u16(), problem: body })
+        }
+    }
+
+    /// Submit a command.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn send(&self, ty: &str, id: &str, command: &str, payload: &Value) -> Result<Value, ClientError> {
+        self.send_with(ty, id, command, payload, &CommandOptions::default()).await
+    }
+
+    /// Submit a command with headers.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn send_with(
+        &self,
+        ty: &str,
+        id: &str,
+        command: &str,
+        payload: &Value,
+        options: &CommandOptions,
+    ) -> Result<Value, ClientError> {
+        let mut r = self.gw(reqwest::Method::POST, &format!("/aggregates/{ty}/{id}/commands/{command}")).json(payload);
+        for (name, value) in [
+            ("x-command-id", options.command_id.clone()),
+            ("x-correlation-id", options.correlation_id.clone()),
+            ("traceparent", options.traceparent.clone()),
+            ("x-expected-version", options.expected_version.map(|v| v.to_string())),
+        ] {
+            if let Some(v) = value {
+                r = r.header(name, v);
+            }
+        }
+        self.execute(r).await
+    }
+
+    /// An aggregate's state and version.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn state(&self, ty: &str, id: &str) -> Result<Value, ClientError> {
+        self.execute(self.gw(reqwest::Method::GET, &format!("/aggregates/{ty}/{id}"))).await
+    }
+
+    /// An aggregate's events after a version.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn events(&self, ty: &str, id: &str, after: u64, limit: usize) -> Result<Value, ClientError> {
+        self.execute(self.gw(reqwest::Method::GET, &format!("/aggregates/{ty}/{id}/events?after={after}&limit={limit}"))).await
+    }
+
+    /// Upload a component.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn deploy(&self, ty: &str, wasm: Vec<u8>) -> Result<Value, ClientError> {
+        let r = self
+            .adm(reqwest::Method::PUT, &format!("/admin/aggregates/{ty}/component"))
+            .header("content-type", "application/wasm")
+            .body(wasm);
+        self.execute(r).await
+    }
+
+    /// Any admin request with a JSON body (or none).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        let mut r = self.adm(method, path);
+        if let Some(b) = body {
+            r = r.json(b);
+        }
+        self.execute(r).await
+    }
+
+    /// `/ready` of the admin API.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; a host that is not ready answers a `not-ready` problem.
+    pub async fn ready(&self) -> Result<Value, ClientError> {
+        self.execute(self.http.get(format!("{}/ready", self.admin))).await
+    }
+}

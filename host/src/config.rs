@@ -1,0 +1,302 @@
+//! Host configuration: defaults → YAML file → `AGGREGATE_*` environment variables, validated at
+//! start with messages that name the bad field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::TenantId;
+
+/// A configuration problem, naming the field (or variable) and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {field}: {reason}")]
+pub struct ConfigError {
+    /// `data_dir`, `AGGREGATE_MAX_ATTEMPTS`, the file's path…
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { field: field.into(), reason: reason.into() }
+}
+
+/// Everything the host reads at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where blobs, artifacts, the manifest, snapshots and the embedded log live.
+    pub data_dir: PathBuf,
+    /// NATS server URL; when set, events go to JetStream instead of the embedded log.
+    pub nats_url: Option<String>,
+    /// JetStream stream name.
+    pub stream: String,
+    /// Default snapshot interval for newly deployed aggregate types (events; 0 = never).
+    pub snapshot_every: u64,
+    /// Attempts for a command that meets version conflicts.
+    pub max_attempts: u32,
+    /// Aggregates whose state is kept in memory.
+    pub hot_cache_capacity: usize,
+    /// Warm instances kept across all tenants and types.
+    pub max_warm_instances: usize,
+    /// Largest linear memory any guest may have, in MiB.
+    pub max_memory_mb: usize,
+    /// Largest component upload, in MiB.
+    pub max_component_mb: usize,
+    /// Where the gateway API (commands, queries) listens.
+    pub gateway_listen: SocketAddr,
+    /// Where the admin API (deploy, health, metrics) listens.
+    pub admin_listen: SocketAddr,
+    /// Bearer token of the admin API. Required unless `admin_listen` is a loopback address.
+    pub admin_token: Option<String>,
+    /// When true, every gateway request must name its tenant in `x-tenant-id`; when false the
+    /// header may be absent (the single tenant).
+    pub multi_tenant: bool,
+    /// Tenants this host serves; empty serves every tenant. Others are refused (403).
+    pub tenants: Vec<TenantId>,
+    /// Largest command body the gateway accepts, in bytes.
+    pub max_command_bytes: usize,
+    /// How long a graceful shutdown waits for in-flight requests, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// Log format: `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+/// How the host writes its log (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            nats_url: None,
+            stream: "AGGREGATES".into(),
+            snapshot_every: 100,
+            max_attempts: 8,
+            hot_cache_capacity: 10_000,
+            max_warm_instances: 256,
+            max_memory_mb: 256,
+            max_component_mb: 64,
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_token: None,
+            multi_tenant: false,
+            tenants: Vec::new(),
+            max_command_bytes: 1 << 20,
+            shutdown_grace_secs: 30,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Shortest admin token accepted: a guessable token is no protection.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+impl Config {
+    /// Defaults, then the YAML file (if given), then the environment.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the file, field or variable.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut c = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| err(p.display().to_string(), e.to_string()))?;
+                serde_yaml::from_str(&text).map_err(|e| err(p.display().to_string(), e.to_string()))?
+            }
+            None => Config::default(),
+        };
+        for (k, v) in env {
+            c.set_env(&k, v)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn set_env(&mut self, key: &str, v: String) -> Result<(), ConfigError> {
+        fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
+            v.trim().parse().map_err(|_| err(key, format!("{v:?} is not a valid number")))
+        }
+        fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
+            v.trim().parse().map_err(|_| err(key, format!("{v:?} is not an address like 127.0.0.1:8080")))
+        }
+        fn flag(key: &str, v: &str) -> Result<bool, ConfigError> {
+            match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" | "" => Ok(false),
+                _ => Err(err(key, format!("{v:?} is not true or false"))),
+            }
+        }
+        let Some(name) = key.strip_prefix("AGGREGATE_") else { return Ok(()) };
+        match name {
+            "DATA_DIR" => self.data_dir = PathBuf::from(v),
+            "NATS_URL" => self.nats_url = (!v.trim().is_empty()).then_some(v),
+            "STREAM" => self.stream = v,
+            "SNAPSHOT_EVERY" => self.snapshot_every = num(key, &v)?,
+            "MAX_ATTEMPTS" => self.max_attempts = num(key, &v)?,
+            "HOT_CACHE_CAPACITY" => self.hot_cache_capacity = num(key, &v)?,
+            "MAX_WARM_INSTANCES" => self.max_warm_instances = num(key, &v)?,
+            "MAX_MEMORY_MB" => self.max_memory_mb = num(key, &v)?,
+            "MAX_COMPONENT_MB" => self.max_component_mb = num(key, &v)?,
+            "GATEWAY_LISTEN" => self.gateway_listen = addr(key, &v)?,
+            "ADMIN_LISTEN" => self.admin_listen = addr(key, &v)?,
+            "ADMIN_TOKEN" => self.admin_token = (!v.is_empty()).then_some(v),
+            "MULTI_TENANT" => self.multi_tenant = flag(key, &v)?,
+            "TENANTS" => {
+                self.tenants = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(|t| TenantId::new(t).map_err(|e| err(key, e.to_string())))
+                    .collect::<Result<_, _>>()?
+            }
+            "MAX_COMMAND_BYTES" => self.max_command_bytes = num(key, &v)?,
+            "SHUTDOWN_GRACE_SECS" => self.shutdown_grace_secs = num(key, &v)?,
+            "LOG_FORMAT" => {
+                self.log_format = match v.trim().to_ascii_lowercase().as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(err(key, format!("{v:?}: use `text` or `json`"))),
+                }
+            }
+            // Variables of later features and of the logging setup are not ours to refuse.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Check every field.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(err("data_dir", "must not be empty"));
+        }
+        if let Some(url) = &self.nats_url {
+            let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|p| url.starts_with(p)) || !url.contains("://");
+            if !ok || url.contains(char::is_whitespace) {
+                return Err(err("nats_url", format!("{url:?} is not a NATS URL (nats://host:port)")));
+            }
+        }
+        if self.stream.is_empty() || !self.stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(err("stream", format!("{:?}: use ASCII letters, digits, '-' and '_'", self.stream)));
+        }
+        if self.max_attempts == 0 {
+            return Err(err("max_attempts", "must be at least 1"));
+        }
+        if self.max_memory_mb == 0 || self.max_memory_mb > 4096 {
+            return Err(err("max_memory_mb", format!("{} is outside 1..=4096", self.max_memory_mb)));
+        }
+        if self.max_component_mb == 0 {
+            return Err(err("max_component_mb", "must be at least 1"));
+        }
+        match &self.admin_token {
+            None if !self.admin_listen.ip().is_loopback() => {
+                return Err(err(
+                    "admin_token",
+                    format!(
+                        "required because admin_listen {} is not a loopback address (set AGGREGATE_ADMIN_TOKEN)",
+                        self.admin_listen
+                    ),
+                ));
+            }
+            Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN || t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                return Err(err(
+                    "admin_token",
+                    format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without whitespace"),
+                ));
+            }
+            _ => {}
+        }
+        if self.gateway_listen == self.admin_listen && self.gateway_listen.port() != 0 {
+            return Err(err("admin_listen", format!("{} is also gateway_listen; use two ports", self.admin_listen)));
+        }
+        if self.tenants.iter().any(TenantId::is_single) {
+            return Err(err("tenants", "must not contain the empty (single-tenant) id"));
+        }
+        if self.max_command_bytes < 64 {
+            return Err(err("max_command_bytes", format!("{} is below 64", self.max_command_bytes)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("host.yaml");
+        std::fs::write(&f, "data_dir: /var/lib/agg\nmax_attempts: 3\nsnapshot_every: 10\n").unwrap();
+        let c = Config::load(Some(&f), env(&[("AGGREGATE_MAX_ATTEMPTS", "5"), ("HOME", "/x")])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/agg"));
+        assert_eq!((c.max_attempts, c.snapshot_every), (5, 10));
+        assert_eq!(c.stream, "AGGREGATES");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::load(None, env(&[("AGGREGATE_MAX_ATTEMPTS", "many")])).unwrap_err();
+        assert_eq!(e.field, "AGGREGATE_MAX_ATTEMPTS");
+        let e = Config::load(None, env(&[("AGGREGATE_MAX_ATTEMPTS", "0")])).unwrap_err();
+        assert_eq!(e.field, "max_attempts");
+        let e = Config::load(None, env(&[("AGGREGATE_STREAM", "a.b")])).unwrap_err();
+        assert_eq!(e.field, "stream");
+        let e = Config::load(None, env(&[("AGGREGATE_NATS_URL", "http://x:4222")])).unwrap_err();
+        assert_eq!(e.field, "nats_url");
+        let e = Config::load(None, env(&[("AGGREGATE_GATEWAY_LISTEN", "localhost")])).unwrap_err();
+        assert_eq!(e.field, "AGGREGATE_GATEWAY_LISTEN");
+        let e = Config::load(None, env(&[("AGGREGATE_MULTI_TENANT", "maybe")])).unwrap_err();
+        assert_eq!(e.field, "AGGREGATE_MULTI_TENANT");
+        let e = Config::load(None, env(&[("AGGREGATE_TENANTS", "a,b.c")])).unwrap_err();
+        assert!(e.field == "AGGREGATE_TENANTS" && e.reason.contains("tenant id"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("host.yaml");
+        std::fs::write(&f, "max_attempt: 3\n").unwrap();
+        let e = Config::load(Some(&f), env(&[])).unwrap_err();
+        assert!(e.reason.contains("unknown field `max_attempt`"), "{e}");
+    }
+
+    #[test]
+    fn admin_api_off_loopback_needs_a_token() {
+        let e = Config::load(None, env(&[("AGGREGATE_ADMIN_LISTEN", "0.0.0.0:8081")])).unwrap_err();
+        assert_eq!(e.field, "admin_token");
+        assert!(e.reason.contains("0.0.0.0:8081"), "{e}");
+        let e = Config::load(None, env(&[("AGGREGATE_ADMIN_LISTEN", "0.0.0.0:8081"), ("AGGREGATE_ADMIN_TOKEN", "short")]))
+            .unwrap_err();
+        assert_eq!(e.field, "admin_token");
+        let c = Config::load(
+            None,
+            env(&[
+                ("AGGREGATE_ADMIN_LISTEN", "0.0.0.0:8081"),
+                ("AGGREGATE_ADMIN_TOKEN", "0123456789abcdef"),
+                ("AGGREGATE_MULTI_TENANT", "true"),
+                ("AGGREGATE_TENANTS", "acme, globex"),
+                ("AGGREGATE_LOG_FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.multi_tenant);
+        assert_eq!(c.tenants, vec![TenantId::new("acme").unwrap(), TenantId::new("globex").unwrap()]);
+        assert_eq!(c.log_format, LogFormat::Json);
+        // Loopback needs no token.
+        assert!(Config::load(None, env(&[])).unwrap().admin_token.is_none());
+    }
+}

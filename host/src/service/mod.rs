@@ -1,0 +1,505 @@
+//! The command lifecycle: validate tenant → load snapshot → read later events → rehydrate with one
+//! `apply` → `decide` → append with the expected version → `apply` the new events → maybe snapshot.
+//!
+//! Commands for one aggregate are serialised inside the process (a striped lock), so conflicts
+//! come only from other hosts or stale caches; those are retried a bounded number of times, with
+//! backoff, after reloading.
+
+mod cache;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use self::cache::{Cached, HotCache};
+use crate::registry::{ActiveComponent, Registry, RegistryError, SnapshotPolicy};
+use crate::runtime::{Decision, InstanceKey, Runtime, RuntimeError};
+use crate::store::{Commit, EventLog, StoreError, snapshots::SnapshotStore};
+use crate::types::{
+    AggregateRef, Command, CommandId, CommandMetadata, ComponentHash, Event, InvalidValue, Json, Snapshot, TenantId, Version,
+};
+
+/// Errors of the command service. Each documents the HTTP status the API maps it to.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A malformed id, tenant or payload (400).
+    #[error(transparent)]
+    InvalidInput(#[from] InvalidValue),
+    /// The command's envelope names another tenant than the caller's (403).
+    #[error("tenant `{caller}` may not act on aggregates of tenant `{target}`")]
+    TenantAccessDenied {
+        /// The tenant of the request.
+        caller: TenantId,
+        /// The tenant in the command's envelope.
+        target: TenantId,
+    },
+    /// No component is deployed for the aggregate type (404).
+    #[error("aggregate type `{0}` is not deployed")]
+    UnknownAggregateType(crate::types::AggregateType),
+    /// The aggregate has no events (404, for reads).
+    #[error("aggregate {0} does not exist")]
+    UnknownAggregate(AggregateRef),
+    /// A business rule refused the command (422).
+    #[error("command rejected: {0}")]
+    Rejected(String),
+    /// The guest found the command malformed (400).
+    #[error("invalid command: {0}")]
+    InvalidCommand(String),
+    /// The caller expected the aggregate at another version (409).
+    #[error("version conflict on {aggregate}: expected version {expected}, the aggregate is at {actual}")]
+    VersionMismatch {
+        /// The aggregate.
+        aggregate: AggregateRef,
+        /// The version the caller expected.
+        expected: Version,
+        /// The aggregate's version.
+        actual: Version,
+    },
+    /// Every retry met a newer version (409).
+    #[error("version conflict on {aggregate}: gave up after {attempts} attempts")]
+    Conflict {
+        /// The aggregate.
+        aggregate: AggregateRef,
+        /// How many times it was tried.
+        attempts: u32,
+    },
+    /// The guest breached a limit, trapped or broke the contract (422 for limit breaches, 500
+    /// otherwise).
+    #[error(transparent)]
+    Guest(#[from] RuntimeError),
+    /// Storage failed (503).
+    #[error(transparent)]
+    Store(StoreError),
+    /// The registry failed (500).
+    #[error(transparent)]
+    Registry(RegistryError),
+    /// A worker thread failed (500).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Store(e)
+    }
+}
+
+impl From<RegistryError> for ServiceError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::UnknownType(t) => ServiceError::UnknownAggregateType(t),
+            other => ServiceError::Registry(other),
+        }
+    }
+}
+
+/// Result alias for this module.
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// Tuning of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Attempts for a command that meets version conflicts (at least 1).
+    pub max_attempts: u32,
+    /// First backoff after a conflict; doubles each retry.
+    pub retry_backoff: Duration,
+    /// Aggregates whose state is kept in memory.
+    pub hot_cache_capacity: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self { max_attempts: 8, retry_backoff: Duration::from_millis(2), hot_cache_capacity: 10_000 }
+    }
+}
+
+/// A command as the gateway hands it over.
+#[derive(Debug, Clone)]
+pub struct Submit {
+    /// Idempotency key; a new one is generated when absent.
+    pub command_id: Option<CommandId>,
+    /// The aggregate.
+    pub target: AggregateRef,
+    /// The command's name.
+    pub command_type: String,
+    /// The command's body.
+    pub payload: Json,
+    /// Correlation id and trace parent.
+    pub metadata: CommandMetadata,
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome {
+    /// The command.
+    pub command_id: CommandId,
+    /// The aggregate.
+    pub aggregate: AggregateRef,
+    /// The aggregate's version after the command.
+    pub version: Version,
+    /// The events it produced (possibly none).
+    pub events: Vec<Event>,
+    /// The component that decided it (absent for a duplicate of a command with no events).
+    pub component: Option<ComponentHash>,
+    /// True when the command id was seen before and this is the original result.
+    pub duplicate: bool,
+    /// How many times `decide` ran (1 unless conflicts forced retries; 0 for a duplicate).
+    pub attempts: u32,
+}
+
+/// An aggregate's current state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateState {
+    /// Its version.
+    pub version: Version,
+    /// Its state.
+    pub state: Json,
+    /// The component that built the state.
+    pub component: ComponentHash,
+}
+
+/// What the service reports as it works, for metrics. Every method has an empty default; the
+/// telemetry module implements it. Calls happen on the command's path, so keep them cheap.
+pub trait ServiceObserver: Send + Sync + 'static {
+    /// `decide` ran for `aggregate` and burned `fuel`.
+    fn decided(&self, aggregate: &AggregateRef, fuel: u64) {
+        let _ = (aggregate, fuel);
+    }
+    /// The hot cache was asked for `aggregate`.
+    fn hot_cache(&self, aggregate: &AggregateRef, hit: bool) {
+        let _ = (aggregate, hit);
+    }
+    /// `aggregate` was rebuilt from a snapshot and/or events, folding `events` events.
+    fn rehydrated(&self, aggregate: &AggregateRef, elapsed: Duration, events: usize) {
+        let _ = (aggregate, elapsed, events);
+    }
+    /// An append of `aggregate` met a newer version (one per attempt).
+    fn conflict(&self, aggregate: &AggregateRef) {
+        let _ = aggregate;
+    }
+}
+
+const LOCK_STRIPES: usize = 1024;
+
+/// The command service. Cheap to share (`Arc`).
+pub struct CommandService {
+    registry: Arc<Registry>,
+    runtime: Arc<Runtime>,
+    log: Arc<dyn EventLog>,
+    snapshots: SnapshotStore,
+    cache: HotCache,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    config: ServiceConfig,
+    observer: std::sync::OnceLock<Arc<dyn ServiceObserver>>,
+}
+
+impl CommandService {
+    /// Wire the service.
+    pub fn new(
+        registry: Arc<Registry>,
+        runtime: Arc<Runtime>,
+        log: Arc<dyn EventLog>,
+        snapshots: SnapshotStore,
+        config: ServiceConfig,
+    ) -> Self {
+        Self {
+            registry,
+            runtime,
+            log,
+            snapshots,
+            cache: HotCache::new(config.hot_cache_capacity),
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            config: ServiceConfig { max_attempts: config.max_attempts.max(1), ..config },
+            observer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Report to `observer` from now on (metrics). Only the first call has an effect.
+    pub fn set_observer(&self, observer: Arc<dyn ServiceObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn observe(&self, f: impl FnOnce(&dyn ServiceObserver)) {
+        if let Some(o) = self.observer.get() {
+            f(o.as_ref());
+        }
+    }
+
+    /// Make everything acknowledged so far durable: flush the event log and persist snapshots
+    /// (graceful shutdown).
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::Store`] when either fails.
+    pub async fn flush(&self) -> Result<()> {
+        self.log.flush().await?;
+        let snapshots = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || snapshots.persist())
+            .await
+            .map_err(|e| ServiceError::Internal(format!("snapshot persist task: {e}")))??;
+        Ok(())
+    }
+
+    /// The event log.
+    pub fn log(&self) -> &Arc<dyn EventLog> {
+        &self.log
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn lock_for(&self, aggregate: &AggregateRef) -> &tokio::sync::Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        aggregate.hash(&mut h);
+        &self.locks[(h.finish() as usize) % LOCK_STRIPES]
+    }
+
+    /// Run a command for `caller`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::TenantAccessDenied`] when the envelope names another tenant;
+    /// [`ServiceError::UnknownAggregateType`]; [`ServiceError::Rejected`] /
+    /// [`ServiceError::InvalidCommand`] from the guest; [`ServiceError::Conflict`] after the
+    /// retries; [`ServiceError::Guest`] for limit breaches and traps; [`ServiceError::Store`].
+    pub async fn submit(&self, caller: &TenantId, submit: Submit) -> Result<CommandOutcome> {
+        self.submit_expecting(caller, submit, None).await
+    }
+
+    /// [`submit`](Self::submit), but only if the aggregate is at version `expected` when the
+    /// command runs (optimistic concurrency for clients that decided on a state they read). A
+    /// command id seen before still returns the original result.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), and [`ServiceError::VersionMismatch`] when the aggregate is at
+    /// another version.
+    pub async fn submit_expecting(&self, caller: &TenantId, submit: Submit, expected: Option<Version>) -> Result<CommandOutcome> {
+        if &submit.target.tenant != caller {
+            return Err(ServiceError::TenantAccessDenied { caller: caller.clone(), target: submit.target.tenant.clone() });
+        }
+        let command_id = submit.command_id.unwrap_or_else(CommandId::generate);
+        if let Some(done) = self.log.find_command(caller, &command_id).await? {
+            return Ok(duplicate(command_id, done));
+        }
+        let active = self.registry.resolve(&submit.target.aggregate_type)?;
+        let command = Command {
+            command_id,
+            target: submit.target,
+            command_type: submit.command_type,
+            payload: submit.payload,
+            metadata: submit.metadata,
+            received_at: chrono::Utc::now(),
+        };
+        let _serial = self.lock_for(&command.target).lock().await;
+        let mut backoff = self.config.retry_backoff;
+        for attempt in 1..=self.config.max_attempts {
+            let current = self.load(&command.target, &active).await?;
+            if let Some(expected) = expected.filter(|e| *e != current.version) {
+                return Err(ServiceError::VersionMismatch { aggregate: command.target.clone(), expected, actual: current.version });
+            }
+            let (decision, next_state) = self.decide(&command, &active, &current).await?;
+            let new_events = match decision {
+                Decision::Accepted(events) => events,
+                Decision::Rejected(m) => return Err(ServiceError::Rejected(m)),
+                Decision::Invalid(m) => return Err(ServiceError::InvalidCommand(m)),
+            };
+            let recorded_at = chrono::Utc::now();
+            let events: Vec<Event> = new_events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| Event {
+                    aggregate: command.target.clone(),
+                    version: current.version.advance(i as u64 + 1),
+                    event_type: e.event_type,
+                    schema_version: e.schema_version,
+                    payload: e.payload,
+                    causation_id: command.command_id,
+                    metadata: command.metadata.clone(),
+                    component: active.component,
+                    recorded_at,
+                })
+                .collect();
+            let commit = Commit { aggregate: command.target.clone(), expected: current.version, command_id, events };
+            match self.log.append(commit).await {
+                Ok(appended) if appended.duplicate => {
+                    self.cache.remove(&command.target);
+                    return Ok(duplicate(command_id, appended));
+                }
+                Ok(appended) => {
+                    let version = appended.version;
+                    self.cache.put(
+                        command.target.clone(),
+                        Cached { version, state: next_state.clone(), component: active.component },
+                    );
+                    self.maybe_snapshot(&active, &command.target, current.version, version, next_state, appended.position)
+                        .await;
+                    return Ok(CommandOutcome {
+                        command_id,
+                        aggregate: command.target.clone(),
+                        version,
+                        events: appended.events,
+                        component: Some(active.component),
+                        duplicate: false,
+                        attempts: attempt,
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    self.cache.remove(&command.target);
+                    self.observe(|o| o.conflict(&command.target));
+                    tracing::debug!(aggregate = %command.target, attempt, "version conflict; reloading");
+                    if attempt < self.config.max_attempts {
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff.saturating_mul(2);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Conflict { aggregate: command.target.clone(), attempts: self.config.max_attempts })
+    }
+
+    /// The current state of an aggregate.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::UnknownAggregate`] when it has no events; guest and storage errors.
+    pub async fn state(&self, caller: &TenantId, aggregate: &AggregateRef) -> Result<AggregateState> {
+        if &aggregate.tenant != caller {
+            return Err(ServiceError::TenantAccessDenied { caller: caller.clone(), target: aggregate.tenant.clone() });
+        }
+        let active = self.registry.resolve(&aggregate.aggregate_type)?;
+        let current = self.load(aggregate, &active).await?;
+        if current.version == Version::INITIAL {
+            return Err(ServiceError::UnknownAggregate(aggregate.clone()));
+        }
+        Ok(current)
+    }
+
+    /// Events of an aggregate after a version, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::TenantAccessDenied`], storage errors.
+    pub async fn events(&self, caller: &TenantId, aggregate: &AggregateRef, after: Version, limit: usize) -> Result<Vec<Event>> {
+        if &aggregate.tenant != caller {
+            return Err(ServiceError::TenantAccessDenied { caller: caller.clone(), target: aggregate.tenant.clone() });
+        }
+        let mut events = self.log.read(aggregate, after).await?;
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    /// State at the log's current version: hot cache, else snapshot + later events folded in one
+    /// `apply` call, else `init` + all events.
+    async fn load(&self, aggregate: &AggregateRef, active: &ActiveComponent) -> Result<AggregateState> {
+        let trust_other = active.snapshot_policy == SnapshotPolicy::Trust;
+        if let Some(c) = self.cache.get(aggregate) {
+            if c.component == active.component || trust_other {
+                self.observe(|o| o.hot_cache(aggregate, true));
+                return Ok(AggregateState { version: c.version, state: c.state, component: c.component });
+            }
+        }
+        self.observe(|o| o.hot_cache(aggregate, false));
+        let started = std::time::Instant::now();
+        let snapshots = self.snapshots.clone();
+        let key = aggregate.clone();
+        let snapshot = tokio::task::spawn_blocking(move || snapshots.get(&key))
+            .await
+            .map_err(|e| ServiceError::Internal(format!("snapshot read task: {e}")))??;
+        let snapshot = snapshot.filter(|s| s.component == active.component || trust_other);
+        let after = snapshot.as_ref().map_or(Version::INITIAL, |s| s.version);
+        let events = self.log.read(aggregate, after).await?;
+        let runtime = self.runtime.clone();
+        let instance = self.instance_key(aggregate, active);
+        let limits = active.limits.clone();
+        let isolation = active.isolation;
+        let version = events.last().map_or(after, |e| e.version);
+        let folded = events.len();
+        let state = tokio::task::spawn_blocking(move || {
+            runtime.with_instance(&instance, &limits, isolation, |g| {
+                let base = match snapshot {
+                    Some(s) => s.state,
+                    None => g.init()?,
+                };
+                if events.is_empty() { Ok(base) } else { g.apply(&base, events.iter().map(Event::data)) }
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("rehydration task: {e}")))??;
+        self.observe(|o| o.rehydrated(aggregate, started.elapsed(), folded));
+        self.cache.put(aggregate.clone(), Cached { version, state: state.clone(), component: active.component });
+        Ok(AggregateState { version, state, component: active.component })
+    }
+
+    fn instance_key(&self, aggregate: &AggregateRef, active: &ActiveComponent) -> InstanceKey {
+        InstanceKey {
+            tenant: aggregate.tenant.clone(),
+            aggregate_type: aggregate.aggregate_type.clone(),
+            component: active.component,
+        }
+    }
+
+    /// `decide`, then `apply` of the accepted events, on one instance.
+    async fn decide(&self, command: &Command, active: &ActiveComponent, current: &AggregateState) -> Result<(Decision, Json)> {
+        let runtime = self.runtime.clone();
+        let instance = self.instance_key(&command.target, active);
+        let limits = active.limits.clone();
+        let isolation = active.isolation;
+        let command = command.clone();
+        let command_target = command.target.clone();
+        let state = current.state.clone();
+        let (decision, next, fuel) = tokio::task::spawn_blocking(move || {
+            runtime.with_instance(&instance, &limits, isolation, |g| {
+                let d = g.decide(&state, &command)?;
+                let fuel = g.fuel_used();
+                let next = match &d {
+                    Decision::Accepted(events) if !events.is_empty() => g.apply(&state, events.iter().map(|e| e.data()))?,
+                    _ => state.clone(),
+                };
+                Ok((d, next, fuel))
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("decide task: {e}")))??;
+        self.observe(|o| o.decided(&command_target, fuel));
+        Ok((decision, next))
+    }
+
+    async fn maybe_snapshot(
+        &self,
+        active: &ActiveComponent,
+        aggregate: &AggregateRef,
+        before: Version,
+        after: Version,
+        state: Json,
+        position: u64,
+    ) {
+        let n = active.snapshot_every;
+        if n == 0 || after.0 / n == before.0 / n {
+            return;
+        }
+        let snapshot = Snapshot { aggregate: aggregate.clone(), version: after, state, component: active.component, log_position: position };
+        let snapshots = self.snapshots.clone();
+        // A failed snapshot costs only rehydration time later; the events are already durable.
+        match tokio::task::spawn_blocking(move || snapshots.insert(&snapshot)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(aggregate = %aggregate, error = %e, "snapshot not written"),
+            Err(e) => tracing::warn!(aggregate = %aggregate, error = %e, "snapshot task failed"),
+        }
+    }
+}
+
+fn duplicate(command_id: CommandId, done: crate::store::Appended) -> CommandOutcome {
+    CommandOutcome {
+        command_id,
+        aggregate: done.aggregate,
+        version: done.version,
+        component: done.events.first().map(|e| e.component),
+        events: done.events,
+        duplicate: true,
+        attempts: 0,
+    }
+}

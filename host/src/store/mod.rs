@@ -1,0 +1,171 @@
+//! Storage: the event log (one trait, two implementations) and snapshots, all tenant-scoped.
+//!
+//! - [`embedded`]: the default on one machine — a fjall keyspace, group commit, fsync before ack.
+//! - [`jetstream`]: a NATS JetStream stream, one message per command (all its events), with
+//!   `Nats-Msg-Id` = command id and `Nats-Expected-Last-Subject-Sequence` for concurrency.
+//! - [`snapshots`]: fjall, `(tenant, type, id) → snapshot`.
+//!
+//! Every key and subject is built from validated newtypes ([`TenantId`], [`AggregateType`],
+//! [`AggregateId`]), tenant first, so one tenant's range can never overlap another's.
+
+use futures::stream::BoxStream;
+
+use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, TenantId, Version};
+
+pub mod embedded;
+pub mod jetstream;
+mod keys;
+pub mod snapshots;
+
+pub use embedded::{EmbeddedConfig, EmbeddedLog};
+pub use jetstream::{JetStreamConfig, JetStreamLog};
+pub use snapshots::SnapshotStore;
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended first: the aggregate is not at the expected version.
+    #[error("version conflict on {aggregate}: expected version {expected}, log is at {actual}")]
+    Conflict {
+        /// The aggregate.
+        aggregate: AggregateRef,
+        /// The version the writer expected.
+        expected: Version,
+        /// The version found (when known; otherwise the same as `expected`).
+        actual: Version,
+    },
+    /// The backing store failed (disk, fjall, NATS); the operation may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupted at {location}: {reason}")]
+    Corrupted {
+        /// Which key or message.
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A JetStream stream exists with a configuration the host cannot use.
+    #[error("stream `{stream}` is incompatible: {reason}")]
+    IncompatibleStream {
+        /// The stream name.
+        stream: String,
+        /// What differs.
+        reason: String,
+    },
+    /// The commit itself is malformed (caller bug).
+    #[error("invalid commit: {0}")]
+    InvalidCommit(String),
+}
+
+/// Result alias for this module.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything one command produced, appended all or nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commit {
+    /// The aggregate the events belong to.
+    pub aggregate: AggregateRef,
+    /// The version the writer saw; the append fails with [`StoreError::Conflict`] otherwise.
+    pub expected: Version,
+    /// The command (idempotency key).
+    pub command_id: CommandId,
+    /// The events, with versions `expected+1 ..= expected+n` already assigned. May be empty: the
+    /// command is then recorded for idempotency only.
+    pub events: Vec<Event>,
+}
+
+impl Commit {
+    /// Check the commit's shape: every event belongs to `aggregate` and the versions run
+    /// `expected+1 ..= expected+n` without gaps. Both logs call this before writing.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidCommit`] naming the first offending event.
+    pub fn validate(&self) -> Result<()> {
+        for (i, event) in self.events.iter().enumerate() {
+            if event.aggregate != self.aggregate {
+                return Err(StoreError::InvalidCommit(format!(
+                    "event {i} belongs to {}, the commit to {}",
+                    event.aggregate, self.aggregate
+                )));
+            }
+            let want = self.expected.advance(i as u64 + 1);
+            if event.version != want {
+                return Err(StoreError::InvalidCommit(format!(
+                    "event {i} has version {}, expected {want} (commit expects version {})",
+                    event.version, self.expected
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The aggregate's version after this commit.
+    pub fn next_version(&self) -> Version {
+        self.expected.advance(self.events.len() as u64)
+    }
+}
+
+/// What an append or a command lookup reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    /// The aggregate.
+    pub aggregate: AggregateRef,
+    /// The aggregate's version after this command's events (equal to the version before when the
+    /// command produced no events).
+    pub version: Version,
+    /// The events of the command, as stored.
+    pub events: Vec<Event>,
+    /// Log position of the commit (embedded: a global sequence; JetStream: the stream sequence).
+    pub position: u64,
+    /// True when this command id had already been appended and this is the original result.
+    pub duplicate: bool,
+}
+
+/// A stream of a tenant's new events, in append order per aggregate.
+pub type EventStream = BoxStream<'static, Result<Event>>;
+
+/// The event log. Both implementations pass the same conformance suite (`tests/` of the host).
+#[async_trait::async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// A short name for logs and metrics (`embedded`, `jetstream`).
+    fn kind(&self) -> &'static str;
+
+    /// Append a command's events atomically, if the aggregate is still at `commit.expected`.
+    /// A command id appended before returns the original result with `duplicate: true` and
+    /// writes nothing, also across restarts.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] when the aggregate moved on; [`StoreError::Unavailable`] on I/O.
+    /// An `Ok` means the events are durable (embedded: fsynced; JetStream: acknowledged).
+    async fn append(&self, commit: Commit) -> Result<Appended>;
+
+    /// The aggregate's events with version greater than `after`, in order.
+    async fn read(&self, aggregate: &AggregateRef, after: Version) -> Result<Vec<Event>>;
+
+    /// The aggregate's current version (0 when it has no events).
+    async fn version(&self, aggregate: &AggregateRef) -> Result<Version>;
+
+    /// The result of a command appended before, if any (idempotency lookup).
+    async fn find_command(
+        &self,
+        tenant: &TenantId,
+        command_id: &CommandId,
+    ) -> Result<Option<Appended>>;
+
+    /// The aggregates a tenant has events for.
+    async fn list_aggregates(&self, tenant: &TenantId)
+        -> Result<Vec<(AggregateType, AggregateId)>>;
+
+    /// Events appended for `tenant` from now on (optionally only one aggregate type).
+    async fn subscribe(
+        &self,
+        tenant: &TenantId,
+        aggregate_type: Option<&AggregateType>,
+    ) -> Result<EventStream>;
+
+    /// Make everything acknowledged so far durable and stop accepting appends (graceful shutdown).
+    async fn flush(&self) -> Result<()>;
+}

@@ -1,0 +1,307 @@
+//! The Prometheus registry and the host's metrics.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `aggregate_commands_total` | counter | `aggregate_type`, `tenant_id`, `outcome` |
+//! | `aggregate_command_duration_seconds` | histogram | `aggregate_type`, `tenant_id` |
+//! | `aggregate_decide_fuel_used` | histogram | `aggregate_type`, `tenant_id` |
+//! | `aggregate_version_conflicts_total` | counter | `aggregate_type`, `tenant_id` |
+//! | `aggregate_rehydration_duration_seconds` | histogram | `aggregate_type`, `tenant_id` |
+//! | `aggregate_hot_cache_total` | counter | `aggregate_type`, `tenant_id`, `result` (`hit`/`miss`) |
+//! | `aggregate_limit_breaches_total` | counter | `aggregate_type`, `tenant_id`, `kind` |
+//! | `aggregate_tenant_errors_total` | counter | `tenant_id`, `problem` |
+//! | `aggregate_component_compile_duration_seconds` | histogram | — |
+//! | `aggregate_component_deploys_total` | counter | `aggregate_type`, `outcome` |
+//! | `aggregate_component_cache_total` | counter | `result` (`compiled`/`artifact`) |
+//! | `aggregate_instance_pool_total` | counter | `result` (`hit`/`miss`) |
+//!
+//! The single tenant (no `x-tenant-id`) is labelled `=single`: tenant ids are made of
+//! `[A-Za-z0-9_-]`, so no real tenant can have that label.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::runtime::RuntimeStats;
+use crate::service::ServiceObserver;
+use crate::types::{AggregateRef, AggregateType, TenantId};
+
+/// The label value of a tenant (`=single` for the single tenant).
+pub fn tenant_label(tenant: &TenantId) -> &str {
+    if tenant.is_single() {
+        "=single"
+    } else {
+        tenant.as_str()
+    }
+}
+
+/// The `outcome` label of `aggregate_commands_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandOutcomeLabel {
+    /// Decided and appended (possibly no events).
+    Accepted,
+    /// A command id seen before; the original result was returned.
+    Duplicate,
+    /// The aggregate refused it (422).
+    Rejected,
+    /// The command or request was malformed (400).
+    Invalid,
+    /// A version conflict (409).
+    Conflict,
+    /// A fuel, memory, time or output limit was breached (422).
+    LimitBreach,
+    /// The component trapped or broke the contract (500).
+    GuestFault,
+    /// Storage was unavailable (503).
+    Unavailable,
+    /// Refused before running: unknown type, tenant denied, draining (4xx/503).
+    Refused,
+    /// Anything else (500).
+    Error,
+}
+
+impl CommandOutcomeLabel {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Rejected => "rejected",
+            Self::Invalid => "invalid",
+            Self::Conflict => "conflict",
+            Self::LimitBreach => "limit-breach",
+            Self::GuestFault => "guest-fault",
+            Self::Unavailable => "unavailable",
+            Self::Refused => "refused",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Every metric of the host, registered in one [`Registry`].
+pub struct Metrics {
+    registry: Registry,
+    commands: IntCounterVec,
+    command_duration: HistogramVec,
+    decide_fuel: HistogramVec,
+    conflicts: IntCounterVec,
+    rehydration: HistogramVec,
+    hot_cache: IntCounterVec,
+    limit_breaches: IntCounterVec,
+    tenant_errors: IntCounterVec,
+    compile: Histogram,
+    deploys: IntCounterVec,
+    component_cache: IntCounterVec,
+    instance_pool: IntCounterVec,
+}
+
+const TYPE_TENANT: &[&str] = &["aggregate_type", "tenant_id"];
+
+impl Metrics {
+    /// Create and register every metric.
+    ///
+    /// # Panics
+    ///
+    /// Never: the names and buckets are constants that register once in a fresh registry.
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let secs = |from: f64, n: usize| exponential_buckets(from, 2.0, n).expect("valid buckets");
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid histogram");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let commands = counter(
+            "aggregate_commands_total",
+            "Commands submitted, by aggregate type, tenant and outcome.",
+            &["aggregate_type", "tenant_id", "outcome"],
+        );
+        let command_duration = histogram(
+            "aggregate_command_duration_seconds",
+            "Time from receiving a command to its answer, including storage.",
+            TYPE_TENANT,
+            secs(0.000_25, 16),
+        );
+        let decide_fuel = histogram(
+            "aggregate_decide_fuel_used",
+            "Fuel one decide call burned.",
+            TYPE_TENANT,
+            exponential_buckets(1e4, 5.0, 9).expect("valid buckets"),
+        );
+        let conflicts = counter(
+            "aggregate_version_conflicts_total",
+            "Appends that met a newer version (each retry counts).",
+            TYPE_TENANT,
+        );
+        let rehydration = histogram(
+            "aggregate_rehydration_duration_seconds",
+            "Time to rebuild an aggregate's state from its snapshot and events.",
+            TYPE_TENANT,
+            secs(0.000_1, 16),
+        );
+        let hot_cache = counter(
+            "aggregate_hot_cache_total",
+            "Hot-state cache lookups, by result (hit or miss).",
+            &["aggregate_type", "tenant_id", "result"],
+        );
+        let limit_breaches = counter(
+            "aggregate_limit_breaches_total",
+            "Guest calls that breached a limit, by kind (fuel, memory, timeout, ...).",
+            &["aggregate_type", "tenant_id", "kind"],
+        );
+        let tenant_errors = counter(
+            "aggregate_tenant_errors_total",
+            "Gateway requests answered with an error, by tenant and problem type.",
+            &["tenant_id", "problem"],
+        );
+        let compile = Histogram::with_opts(
+            HistogramOpts::new(
+                "aggregate_component_compile_duration_seconds",
+                "Time to validate and compile an uploaded component.",
+            )
+            .buckets(secs(0.01, 12)),
+        )
+        .expect("valid histogram");
+        registry.register(Box::new(compile.clone())).expect("unique metric");
+        let deploys = counter(
+            "aggregate_component_deploys_total",
+            "Component uploads, by aggregate type and outcome.",
+            &["aggregate_type", "outcome"],
+        );
+        let component_cache = counter(
+            "aggregate_component_cache_total",
+            "Components loaded into the engine, by source: compiled (cache miss) or precompiled artifact (hit).",
+            &["result"],
+        );
+        let instance_pool = counter(
+            "aggregate_instance_pool_total",
+            "Guest calls by instance source: a warm pooled instance (hit) or a new one (miss).",
+            &["result"],
+        );
+        Arc::new(Self {
+            registry,
+            commands,
+            command_duration,
+            decide_fuel,
+            conflicts,
+            rehydration,
+            hot_cache,
+            limit_breaches,
+            tenant_errors,
+            compile,
+            deploys,
+            component_cache,
+            instance_pool,
+        })
+    }
+
+    /// Count a command and its duration.
+    pub fn command(&self, ty: &AggregateType, tenant: &TenantId, outcome: CommandOutcomeLabel, elapsed: Duration) {
+        let t = tenant_label(tenant);
+        self.commands.with_label_values(&[ty.as_str(), t, outcome.as_str()]).inc();
+        self.command_duration.with_label_values(&[ty.as_str(), t]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Count a limit breach of kind `kind` (`fuel`, `memory`, `timeout`, ...).
+    pub fn limit_breach(&self, ty: &AggregateType, tenant: &TenantId, kind: &str) {
+        self.limit_breaches.with_label_values(&[ty.as_str(), tenant_label(tenant), kind]).inc();
+    }
+
+    /// Count an error answer to a tenant's request (`tenant` is a label value, see [`tenant_label`]).
+    pub fn tenant_error(&self, tenant: &str, problem: &str) {
+        self.tenant_errors.with_label_values(&[tenant, problem]).inc();
+    }
+
+    /// Record a component compile.
+    pub fn compiled(&self, elapsed: Duration) {
+        self.compile.observe(elapsed.as_secs_f64());
+    }
+
+    /// Count a component upload (`outcome`: `deployed`, `unchanged`, or a problem type).
+    pub fn deploy(&self, ty: &AggregateType, outcome: &str) {
+        self.deploys.with_label_values(&[ty.as_str(), outcome]).inc();
+    }
+
+    /// Bring the runtime-wide counters up to `stats` (called before each scrape).
+    pub fn sync_runtime(&self, stats: &RuntimeStats) {
+        fn catch_up(c: &IntCounter, total: u64) {
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        }
+        catch_up(&self.component_cache.with_label_values(&["compiled"]), stats.compiles);
+        catch_up(&self.component_cache.with_label_values(&["artifact"]), stats.artifact_loads);
+        catch_up(&self.instance_pool.with_label_values(&["hit"]), stats.pool_hits);
+        catch_up(&self.instance_pool.with_label_values(&["miss"]), stats.instantiations);
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_else(|e| format!("# encode error: {e}\n"))
+    }
+}
+
+impl ServiceObserver for Metrics {
+    fn decided(&self, aggregate: &AggregateRef, fuel: u64) {
+        self.decide_fuel
+            .with_label_values(&[aggregate.aggregate_type.as_str(), tenant_label(&aggregate.tenant)])
+            .observe(fuel as f64);
+    }
+
+    fn hot_cache(&self, aggregate: &AggregateRef, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.hot_cache.with_label_values(&[aggregate.aggregate_type.as_str(), tenant_label(&aggregate.tenant), result]).inc();
+    }
+
+    fn rehydrated(&self, aggregate: &AggregateRef, elapsed: Duration, _events: usize) {
+        self.rehydration
+            .with_label_values(&[aggregate.aggregate_type.as_str(), tenant_label(&aggregate.tenant)])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    fn conflict(&self, aggregate: &AggregateRef) {
+        self.conflicts.with_label_values(&[aggregate.aggregate_type.as_str(), tenant_label(&aggregate.tenant)]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::AggregateId;
+
+    #[test]
+    fn renders_names_with_tenant_labels() {
+        let m = Metrics::new();
+        let ty = AggregateType::new("bank-account").unwrap();
+        let acme = TenantId::new("acme").unwrap();
+        m.command(&ty, &acme, CommandOutcomeLabel::Accepted, Duration::from_millis(3));
+        m.command(&ty, &TenantId::single(), CommandOutcomeLabel::Rejected, Duration::from_millis(1));
+        let agg = AggregateRef { tenant: acme.clone(), aggregate_type: ty.clone(), aggregate_id: AggregateId::generate() };
+        m.decided(&agg, 12_345);
+        m.conflict(&agg);
+        m.limit_breach(&ty, &acme, "fuel");
+        m.sync_runtime(&RuntimeStats { compiles: 2, pool_hits: 5, ..Default::default() });
+        m.sync_runtime(&RuntimeStats { compiles: 3, pool_hits: 5, ..Default::default() });
+        let text = m.render();
+        for needle in [
+            r#"aggregate_commands_total{aggregate_type="bank-account",outcome="accepted",tenant_id="acme"} 1"#,
+            r#"aggregate_commands_total{aggregate_type="bank-account",outcome="rejected",tenant_id="=single"} 1"#,
+            r#"aggregate_decide_fuel_used_count{aggregate_type="bank-account",tenant_id="acme"} 1"#,
+            r#"aggregate_version_conflicts_total{aggregate_type="bank-account",tenant_id="acme"} 1"#,
+            r#"aggregate_limit_breaches_total{aggregate_type="bank-account",kind="fuel",tenant_id="acme"} 1"#,
+            r#"aggregate_component_cache_total{result="compiled"} 3"#,
+            r#"aggregate_instance_pool_total{result="hit"} 5"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

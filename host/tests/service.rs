@@ -1,0 +1,290 @@
+//! The command lifecycle through the real bank-account component, on each event log.
+//!
+//! Each scenario is written once and run on the embedded log and on JetStream (against a
+//! nats-server the test starts itself).
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use aggregate_host::registry::Registry;
+use aggregate_host::runtime::{Runtime, RuntimeConfig};
+use aggregate_host::service::{CommandOutcome, CommandService, ServiceConfig, ServiceError, Submit};
+use aggregate_host::store::snapshots::SnapshotStore;
+use aggregate_host::store::EventLog;
+use aggregate_host::types::{AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, Json, TenantId, Version};
+use support::nats::NatsServer;
+
+/// Which event log a scenario runs on.
+#[derive(Clone, Copy)]
+enum Backend {
+    Embedded,
+    JetStream,
+}
+
+/// Storage for one scenario: a temp dir, and for JetStream a private nats-server.
+struct Env {
+    dir: tempfile::TempDir,
+    nats: Option<NatsServer>,
+    log: tokio::sync::Mutex<Option<Arc<dyn EventLog>>>,
+}
+
+impl Backend {
+    /// `None` when the scenario must be skipped (JetStream without nats-server, outside CI).
+    async fn start(self) -> Option<Env> {
+        let nats = match self {
+            Backend::Embedded => None,
+            Backend::JetStream => Some(NatsServer::start_or_skip("service suite on JetStream")?),
+        };
+        Some(Env { dir: tempfile::tempdir().unwrap(), nats, log: Default::default() })
+    }
+}
+
+impl Env {
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn open(&self) -> Arc<dyn EventLog> {
+        match &self.nats {
+            None => Arc::new(aggregate_host::store::embedded::EmbeddedLog::open(self.dir().join("events")).unwrap()),
+            Some(n) => Arc::new(
+                aggregate_host::store::jetstream::JetStreamLog::connect(&n.url(), Default::default()).await.unwrap(),
+            ),
+        }
+    }
+
+    /// The log of this scenario (opened once).
+    async fn log(&self) -> Arc<dyn EventLog> {
+        let mut slot = self.log.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.open().await);
+        }
+        slot.clone().unwrap()
+    }
+
+    /// Close the log and open it again, as a restarted host would.
+    async fn reopen_log(&self) -> Arc<dyn EventLog> {
+        let mut slot = self.log.lock().await;
+        if let Some(old) = slot.take() {
+            old.flush().await.unwrap();
+            drop(old);
+        }
+        let log = self.open().await;
+        *slot = Some(log.clone());
+        log
+    }
+}
+
+struct Fixture {
+    service: Arc<CommandService>,
+    registry: Arc<Registry>,
+    log: Arc<dyn EventLog>,
+    snapshots: SnapshotStore,
+}
+
+fn bank() -> AggregateType {
+    AggregateType::new("bank-account").unwrap()
+}
+
+async fn fixture(dir: &Path, log: Arc<dyn EventLog>) -> Fixture {
+    let runtime = Arc::new(Runtime::new(RuntimeConfig { artifact_dir: Some(dir.join("artifacts")), max_warm_instances: 32, ..RuntimeConfig::default() }).unwrap());
+    let registry = Arc::new(Registry::open(dir, &dir.join("manifest.yaml"), runtime.clone(), 64 << 20).unwrap());
+    registry.deploy(&bank(), &std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(), None).unwrap();
+    let snapshots = SnapshotStore::open(dir.join("snapshots")).unwrap();
+    let service = Arc::new(CommandService::new(registry.clone(), runtime, log.clone(), snapshots.clone(), ServiceConfig::default()));
+    Fixture { service, registry, log, snapshots }
+}
+
+fn target(tenant: &TenantId, id: AggregateId) -> AggregateRef {
+    AggregateRef { tenant: tenant.clone(), aggregate_type: bank(), aggregate_id: id }
+}
+
+fn submit(target: &AggregateRef, command_type: &str, payload: serde_json::Value) -> Submit {
+    Submit {
+        command_id: None,
+        target: target.clone(),
+        command_type: command_type.into(),
+        payload: Json::from_value(&payload),
+        metadata: CommandMetadata { correlation_id: Some("corr-1".into()), traceparent: None },
+    }
+}
+
+async fn send(f: &Fixture, target: &AggregateRef, ty: &str, payload: serde_json::Value) -> Result<CommandOutcome, ServiceError> {
+    f.service.submit(&target.tenant, submit(target, ty, payload)).await
+}
+
+async fn balance(f: &Fixture, target: &AggregateRef) -> i64 {
+    let s = f.service.state(&target.tenant, target).await.unwrap();
+    s.state.to_value()["balance"].as_i64().unwrap()
+}
+
+fn tenant(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+macro_rules! on_both_logs {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Embedded).await })*
+        }
+        mod jetstream {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::JetStream).await })*
+        }
+    };
+}
+
+on_both_logs!(
+    bank_account_story,
+    concurrent_commands_on_one_aggregate_all_succeed,
+    tenants_with_the_same_aggregate_id_stay_separate,
+    resubmitting_a_command_id_returns_the_original,
+    snapshots_every_n_events_and_restart_rehydrates,
+    single_tenant_mode_works,
+    a_stale_cache_conflicts_and_is_retried,
+);
+
+async fn bank_account_story(backend: Backend) {
+    let Some(env) = backend.start().await else { return };
+    let f = fixture(env.dir(), env.log().await).await;
+    let acc = target(&tenant("acme"), AggregateId::generate());
+    let o = send(&f, &acc, "open", serde_json::json!({"owner": "Ada"})).await.unwrap();
+    assert_eq!((o.version, o.events.len(), o.duplicate), (Version(1), 1, false));
+    send(&f, &acc, "deposit", serde_json::json!({"amount": 100})).await.unwrap();
+    let o = send(&f, &acc, "withdraw", serde_json::json!({"amount": 30})).await.unwrap();
+    assert_eq!(o.version, Version(3));
+    assert_eq!(o.events[0].metadata.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(o.events[0].causation_id, o.command_id);
+    let e = send(&f, &acc, "withdraw", serde_json::json!({"amount": 500})).await.unwrap_err();
+    assert!(matches!(&e, ServiceError::Rejected(m) if m.contains("insufficient funds")), "{e:?}");
+    let e = send(&f, &acc, "deposit", serde_json::json!({"amount": 0})).await.unwrap_err();
+    assert!(matches!(e, ServiceError::InvalidCommand(_)), "{e:?}");
+    assert_eq!(balance(&f, &acc).await, 70);
+    let events = f.service.events(&acc.tenant, &acc, Version(0), 100).await.unwrap();
+    let kinds: Vec<(u64, &str)> = events.iter().map(|e| (e.version.0, e.event_type.as_str())).collect();
+    assert_eq!(kinds, vec![(1, "opened"), (2, "deposited"), (3, "withdrawn")]);
+    let unknown = AggregateType::new("no-such-type").unwrap();
+    let e = f.service.submit(&acc.tenant, Submit { target: AggregateRef { aggregate_type: unknown, ..acc.clone() }, ..submit(&acc, "open", serde_json::json!({})) }).await.unwrap_err();
+    assert!(matches!(e, ServiceError::UnknownAggregateType(_)), "{e:?}");
+}
+
+async fn concurrent_commands_on_one_aggregate_all_succeed(backend: Backend) {
+    let Some(env) = backend.start().await else { return };
+    let f = Arc::new(fixture(env.dir(), env.log().await).await);
+    let acc = target(&tenant("acme"), AggregateId::generate());
+    send(&f, &acc, "open", serde_json::json!({"owner": "Ada"})).await.unwrap();
+    let tasks: Vec<_> = (1..=20)
+        .map(|amount| {
+            let (f, acc) = (f.clone(), acc.clone());
+            tokio::spawn(async move { send(&f, &acc, "deposit", serde_json::json!({"amount": amount})).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("every concurrent command succeeds");
+    }
+    assert_eq!(balance(&f, &acc).await, (1..=20).sum::<i64>());
+    let versions: Vec<u64> = f.log.read(&acc, Version(0)).await.unwrap().iter().map(|e| e.version.0).collect();
+    assert_eq!(versions, (1..=21).collect::<Vec<u64>>(), "versions 1..n with no gaps");
+}
+
+async fn tenants_with_the_same_aggregate_id_stay_separate(backend: Backend) {
+    let Some(env) = backend.start().await else { return };
+    let f = fixture(env.dir(), env.log().await).await;
+    let id = AggregateId::generate();
+    let (a, b) = (target(&tenant("a"), id), target(&tenant("b"), id));
+    send(&f, &a, "open", serde_json::json!({"owner": "A"})).await.unwrap();
+    send(&f, &a, "deposit", serde_json::json!({"amount": 10})).await.unwrap();
+    let e = f.service.state(&b.tenant, &b).await.unwrap_err();
+    assert!(matches!(e, ServiceError::UnknownAggregate(_)), "b must not see a's aggregate: {e:?}");
+    send(&f, &b, "open", serde_json::json!({"owner": "B"})).await.unwrap();
+    send(&f, &b, "deposit", serde_json::json!({"amount": 99})).await.unwrap();
+    assert_eq!((balance(&f, &a).await, balance(&f, &b).await), (10, 99));
+    // a request of tenant b carrying an envelope for tenant a is refused
+    let e = f.service.submit(&b.tenant, submit(&a, "deposit", serde_json::json!({"amount": 1}))).await.unwrap_err();
+    assert!(matches!(e, ServiceError::TenantAccessDenied { .. }), "{e:?}");
+    let e = f.service.state(&b.tenant, &a).await.unwrap_err();
+    assert!(matches!(e, ServiceError::TenantAccessDenied { .. }), "{e:?}");
+    assert_eq!(balance(&f, &a).await, 10);
+    let listed = f.log.list_aggregates(&a.tenant).await.unwrap();
+    assert_eq!(listed, vec![(bank(), id)]);
+}
+
+async fn resubmitting_a_command_id_returns_the_original(backend: Backend) {
+    let Some(env) = backend.start().await else { return };
+    let acc = target(&tenant("acme"), AggregateId::generate());
+    let id = CommandId::generate();
+    let first = {
+        let f = fixture(env.dir(), env.log().await).await;
+        send(&f, &acc, "open", serde_json::json!({"owner": "Ada"})).await.unwrap();
+        let cmd = Submit { command_id: Some(id), ..submit(&acc, "deposit", serde_json::json!({"amount": 5})) };
+        let first = f.service.submit(&acc.tenant, cmd.clone()).await.unwrap();
+        let again = f.service.submit(&acc.tenant, cmd).await.unwrap();
+        assert!(again.duplicate && !first.duplicate);
+        assert_eq!((again.version, &again.events), (first.version, &first.events));
+        assert_eq!(again.attempts, 0, "decide did not run again");
+        assert_eq!(balance(&f, &acc).await, 5);
+        first
+    };
+    // after a restart (a new log handle, service and cache on the same storage)
+    let f = fixture(env.dir(), env.reopen_log().await).await;
+    let cmd = Submit { command_id: Some(id), ..submit(&acc, "deposit", serde_json::json!({"amount": 5})) };
+    let again = f.service.submit(&acc.tenant, cmd).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.version, again.events), (first.version, first.events));
+    assert_eq!(balance(&f, &acc).await, 5);
+}
+
+async fn snapshots_every_n_events_and_restart_rehydrates(backend: Backend) {
+    let Some(env) = backend.start().await else { return };
+    let acc = target(&tenant("acme"), AggregateId::generate());
+    {
+        let f = fixture(env.dir(), env.log().await).await;
+        f.registry.update(&bank(), |e| { e.snapshot_every = 3; Ok(()) }).unwrap();
+        send(&f, &acc, "open", serde_json::json!({"owner": "Ada"})).await.unwrap();
+        assert!(f.snapshots.get(&acc).unwrap().is_none());
+        for _ in 0..6 {
+            send(&f, &acc, "deposit", serde_json::json!({"amount": 10})).await.unwrap();
+        }
+        // versions 1..=7: snapshots at 3 and 6
+        let snap = f.snapshots.get(&acc).unwrap().expect("a snapshot after 6 events");
+        assert_eq!(snap.version, Version(6));
+        assert_eq!(snap.state.to_value()["balance"], 50);
+        assert_eq!(snap.component, f.registry.resolve(&bank()).unwrap().component);
+        assert!(snap.log_position > 0);
+    }
+    let f = fixture(env.dir(), env.reopen_log().await).await;
+    assert_eq!(balance(&f, &acc).await, 60, "snapshot at 6 + event 7 folded after restart");
+    let o = send(&f, &acc, "deposit", serde_json::json!({"amount": 1})).await.unwrap();
+    assert_eq!(o.version, Version(8));
+}
+
+async fn single_tenant_mode_works(backend: Backend) {
+    let Some(env) = backend.start().await else { return };
+    let f = fixture(env.dir(), env.log().await).await;
+    let acc = target(&TenantId::single(), AggregateId::generate());
+    send(&f, &acc, "open", serde_json::json!({"owner": "solo"})).await.unwrap();
+    send(&f, &acc, "deposit", serde_json::json!({"amount": 3})).await.unwrap();
+    assert_eq!(balance(&f, &acc).await, 3);
+    assert_eq!(f.log.list_aggregates(&TenantId::single()).await.unwrap().len(), 1);
+}
+
+async fn a_stale_cache_conflicts_and_is_retried(backend: Backend) {
+    let Some(env) = backend.start().await else { return };
+    let log = env.log().await;
+    // Two services on one log: two hosts, each with its own hot cache.
+    let host_a = fixture(env.dir(), log.clone()).await;
+    let dir_b = tempfile::tempdir().unwrap();
+    let host_b = fixture(dir_b.path(), log).await;
+    let acc = target(&tenant("acme"), AggregateId::generate());
+    send(&host_a, &acc, "open", serde_json::json!({"owner": "Ada"})).await.unwrap();
+    send(&host_a, &acc, "deposit", serde_json::json!({"amount": 1})).await.unwrap(); // A caches v2
+    send(&host_b, &acc, "deposit", serde_json::json!({"amount": 10})).await.unwrap(); // log at v3
+    let o = send(&host_a, &acc, "deposit", serde_json::json!({"amount": 100})).await.unwrap();
+    assert_eq!(o.attempts, 2, "the stale cache conflicted once, then the reload succeeded");
+    assert_eq!(o.version, Version(4));
+    assert_eq!(balance(&host_a, &acc).await, 111);
+    assert_eq!(balance(&host_b, &acc).await, 111);
+}

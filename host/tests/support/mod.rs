@@ -1,0 +1,5 @@
+//! Helpers shared by the storage test suites (and the storage bench).
+
+#![allow(dead_code)]
+
+pub mod nats;

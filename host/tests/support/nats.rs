@@ -1,0 +1,140 @@
+//! A throwaway `nats-server -js` for tests and benches: free port, temporary store directory,
+//! killed on drop.
+//!
+//! When `nats-server` is not installed, [`NatsServer::start_or_skip`] fails the test if the
+//! environment variable `CI` is set, and otherwise prints a notice and returns `None` (the caller
+//! skips).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running nats-server with JetStream enabled.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+/// Where `nats-server` is installed, if anywhere: `PATH`, then the Debian package's location.
+pub fn binary() -> Option<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("nats-server"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    from_path
+        .into_iter()
+        .chain([
+            PathBuf::from("/usr/sbin/nats-server"),
+            PathBuf::from("/usr/bin/nats-server"),
+        ])
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+impl NatsServer {
+    /// Start a server, or explain why not: panics under `CI`, returns `None` otherwise.
+    pub fn start_or_skip(what: &str) -> Option<Self> {
+        match binary() {
+            Some(binary) => Some(Self::start_with(binary)),
+            None if std::env::var_os("CI").is_some() => panic!(
+                "{what}: `nats-server` is not on PATH. The JetStream tests need it when CI is set \
+                 (Debian: `apt-get install -y nats-server`)."
+            ),
+            None => {
+                eprintln!("NOTICE: {what}: skipped, `nats-server` is not on PATH (apt-get install -y nats-server)");
+                None
+            }
+        }
+    }
+
+    fn start_with(binary: PathBuf) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir,
+            binary,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let store = self.dir.path().join("js");
+        let log = self.dir.path().join("server.log");
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-sd")
+            .arg(&store)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.binary.display()));
+        self.child = Some(child);
+        self.wait_ready(&log);
+    }
+
+    fn wait_ready(&mut self, log: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(log).unwrap_or_default();
+                    panic!("nats-server exited with {status} during startup:\n{log}");
+                }
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // JetStream is enabled before the client listener accepts connections.
+                return;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!(
+                    "nats-server did not accept connections on port {} within 20 s:\n{log}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The client URL, e.g. `nats://127.0.0.1:4222`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL the server (its store directory stays).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILL the server and start it again on the same port and store directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
