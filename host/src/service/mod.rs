@@ -181,6 +181,15 @@ pub trait ServiceObserver: Send + Sync + 'static {
 
 const LOCK_STRIPES: usize = 1024;
 
+/// How current a loaded state must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// The hot cache may be used as it is.
+    Cached,
+    /// Check the log's version first.
+    Latest,
+}
+
 /// The command service. Cheap to share (`Arc`).
 pub struct CommandService {
     registry: Arc<Registry>,
@@ -296,7 +305,7 @@ impl CommandService {
         let _serial = self.lock_for(&command.target).lock().await;
         let mut backoff = self.config.retry_backoff;
         for attempt in 1..=self.config.max_attempts {
-            let current = self.load(&command.target, &active).await?;
+            let current = self.load(&command.target, &active, Freshness::Cached).await?;
             if let Some(expected) = expected.filter(|e| *e != current.version) {
                 return Err(ServiceError::VersionMismatch { aggregate: command.target.clone(), expected, actual: current.version });
             }
@@ -371,7 +380,7 @@ impl CommandService {
             return Err(ServiceError::TenantAccessDenied { caller: caller.clone(), target: aggregate.tenant.clone() });
         }
         let active = self.registry.resolve(&aggregate.aggregate_type)?;
-        let current = self.load(aggregate, &active).await?;
+        let current = self.load(aggregate, &active, Freshness::Latest).await?;
         if current.version == Version::INITIAL {
             return Err(ServiceError::UnknownAggregate(aggregate.clone()));
         }
@@ -392,36 +401,42 @@ impl CommandService {
         Ok(events)
     }
 
-    /// State at the log's current version: hot cache, else snapshot + later events folded in one
-    /// `apply` call, else `init` + all events.
-    async fn load(&self, aggregate: &AggregateRef, active: &ActiveComponent) -> Result<AggregateState> {
+    /// The aggregate's state: hot cache, else snapshot + later events folded in one `apply` call,
+    /// else `init` + all events.
+    ///
+    /// With [`Freshness::Latest`] a cached state is first checked against the log's version and
+    /// the missing events folded in (another host may have appended). Commands use
+    /// [`Freshness::Cached`]: the append's expected version catches a stale cache anyway.
+    async fn load(&self, aggregate: &AggregateRef, active: &ActiveComponent, freshness: Freshness) -> Result<AggregateState> {
         let trust_other = active.snapshot_policy == SnapshotPolicy::Trust;
-        if let Some(c) = self.cache.get(aggregate) {
-            if c.component == active.component || trust_other {
-                self.observe(|o| o.hot_cache(aggregate, true));
-                return Ok(AggregateState { version: c.version, state: c.state, component: c.component });
+        let cached = self.cache.get(aggregate).filter(|c| c.component == active.component || trust_other);
+        let base = match cached {
+            Some(c) => {
+                if freshness == Freshness::Cached || self.log.version(aggregate).await? == c.version {
+                    return Ok(AggregateState { version: c.version, state: c.state, component: c.component });
+                }
+                Some((c.version, c.state))
             }
-        }
-        self.observe(|o| o.hot_cache(aggregate, false));
-        let started = std::time::Instant::now();
-        let snapshots = self.snapshots.clone();
-        let key = aggregate.clone();
-        let snapshot = tokio::task::spawn_blocking(move || snapshots.get(&key))
-            .await
-            .map_err(|e| ServiceError::Internal(format!("snapshot read task: {e}")))??;
-        let snapshot = snapshot.filter(|s| s.component == active.component || trust_other);
-        let after = snapshot.as_ref().map_or(Version::INITIAL, |s| s.version);
+            None => {
+                let snapshots = self.snapshots.clone();
+                let key = aggregate.clone();
+                let snapshot = tokio::task::spawn_blocking(move || snapshots.get(&key))
+                    .await
+                    .map_err(|e| ServiceError::Internal(format!("snapshot read task: {e}")))??;
+                snapshot.filter(|s| s.component == active.component || trust_other).map(|s| (s.version, s.state))
+            }
+        };
+        let after = base.as_ref().map_or(Version::INITIAL, |(v, _)| *v);
         let events = self.log.read(aggregate, after).await?;
         let runtime = self.runtime.clone();
         let instance = self.instance_key(aggregate, active);
         let limits = active.limits.clone();
         let isolation = active.isolation;
         let version = events.last().map_or(after, |e| e.version);
-        let folded = events.len();
         let state = tokio::task::spawn_blocking(move || {
             runtime.with_instance(&instance, &limits, isolation, |g| {
-                let base = match snapshot {
-                    Some(s) => s.state,
+                let base = match base {
+                    Some((_, state)) => state,
                     None => g.init()?,
                 };
                 if events.is_empty() { Ok(base) } else { g.apply(&base, events.iter().map(Event::data)) }
@@ -429,7 +444,6 @@ impl CommandService {
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("rehydration task: {e}")))??;
-        self.observe(|o| o.rehydrated(aggregate, started.elapsed(), folded));
         self.cache.put(aggregate.clone(), Cached { version, state: state.clone(), component: active.component });
         Ok(AggregateState { version, state, component: active.component })
     }
