@@ -18,6 +18,7 @@ const PROFILE: &str = "guest";
 /// `(constant, package, directory under example-aggregates/)` of each guest.
 const GUESTS: &[(&str, &str, &str)] = &[
     ("BANK_ACCOUNT", "bank-account", "bank-account"),
+    ("BANK_ACCOUNT_V2", "bank-account-v2", "bank-account-v2"),
     ("HOSTILE", "hostile", "hostile"),
     ("FORBIDDEN_IMPORT", "forbidden-import", "forbidden-import"),
 ];

@@ -1,1 +1,258 @@
-fn main() {}
+//! HTTP load benchmark (a bench binary, not a timed test). For each event log, with 1 and 32
+//! concurrent closed-loop writers (each on its own aggregate, `deposit` commands):
+//!
+//! - **service**: `CommandService::submit` in this process — the ceiling without HTTP;
+//! - **http**: the real `aggregate-host serve` binary (a child process), driven over loopback
+//!   HTTP/1.1 keep-alive connections from this process.
+//!
+//! Each row reports commands/s and p50/p99 latency as the caller sees it, and the **server CPU
+//! time per command** (utime + stime of the serving process from `/proc`, divided by the commands):
+//! the cost the host pays. The client shares the same two cores with the server, so HTTP
+//! throughput is bounded by client + server; the CPU column isolates what HTTP adds to the host.
+//!
+//! Bounded: each row stops after `BENCH_SECS` seconds (default 5) or 200,000 commands. Traffic
+//! goes to 127.0.0.1 only; the JetStream rows start their own nats-server on loopback (skipped
+//! with a notice when it is missing).
+//!
+//! `cargo bench -p aggregate-host --bench http`
+
+#[path = "../tests/support/nats.rs"]
+#[allow(dead_code)]
+mod nats;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aggregate_host::app::Host;
+use aggregate_host::client::Client;
+use aggregate_host::config::Config;
+use aggregate_host::service::Submit;
+use aggregate_host::telemetry::Metrics;
+use aggregate_host::types::{AggregateId, AggregateRef, AggregateType, CommandMetadata, Json, TenantId};
+
+const MAX_COMMANDS: usize = 200_000;
+const WRITERS: [usize; 2] = [1, 32];
+
+fn secs() -> Duration {
+    Duration::from_secs(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5))
+}
+
+/// CPU time (user + system) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // CLK_TCK is 100 on Linux
+}
+
+struct Row {
+    layer: &'static str,
+    log: &'static str,
+    writers: usize,
+    commands: usize,
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu_per_command: Duration,
+}
+
+/// Run `writers` closed loops, each on its own aggregate id, for `secs()` or `MAX_COMMANDS`;
+/// `pid` is the process whose CPU time is charged.
+async fn closed_loop<F, Fut>(
+    layer: &'static str,
+    log: &'static str,
+    pid: u32,
+    ids: &[AggregateId],
+    writers: usize,
+    op: F,
+) -> Row
+where
+    F: Fn(AggregateId) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let deadline = Instant::now() + secs();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_time(pid);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for id in ids.iter().take(writers).copied() {
+        let (op, issued) = (op.clone(), issued.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < MAX_COMMANDS {
+                let t = Instant::now();
+                op(id).await;
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.expect("writer task"));
+    }
+    let elapsed = started.elapsed();
+    let cpu = cpu_time(pid).saturating_sub(cpu_before);
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    Row {
+        layer,
+        log,
+        writers,
+        commands: lat.len(),
+        per_sec: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        cpu_per_command: cpu / lat.len() as u32,
+    }
+}
+
+fn fresh_ids() -> Vec<AggregateId> {
+    (0..WRITERS[1]).map(|_| AggregateId::generate()).collect()
+}
+
+/// The service layer in this process.
+async fn service_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let host = Host::open(Config { data_dir: dir.path().to_path_buf(), nats_url, ..Config::default() }).await.expect("host");
+    let ty = AggregateType::new("bank-account").unwrap();
+    host.registry.deploy(&ty, &std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(), None).expect("deploy");
+    // The same metrics the server records, so both layers pay for them.
+    host.service.set_observer(Metrics::new());
+    let service = host.service.clone();
+    let submit = move |id: AggregateId, command_type: &str, payload: &str| Submit {
+        command_id: None,
+        target: AggregateRef { tenant: TenantId::single(), aggregate_type: ty.clone(), aggregate_id: id },
+        command_type: command_type.into(),
+        payload: Json::parse(payload).unwrap(),
+        metadata: CommandMetadata::default(),
+    };
+    let ids = fresh_ids();
+    for id in &ids {
+        service.submit(&TenantId::single(), submit(*id, "open", r#"{"owner":"bench"}"#)).await.expect("open");
+    }
+    let mut rows = Vec::new();
+    for writers in WRITERS {
+        let (service, submit) = (service.clone(), submit.clone());
+        rows.push(
+            closed_loop("service", log, std::process::id(), &ids, writers, move |id| {
+                let (service, s) = (service.clone(), submit(id, "deposit", r#"{"amount":1}"#));
+                async move {
+                    service.submit(&TenantId::single(), s).await.expect("deposit");
+                }
+            })
+            .await,
+        );
+    }
+    host.service.flush().await.expect("flush");
+    rows
+}
+
+/// The real binary, over HTTP.
+async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aggregate-host"));
+    cmd.arg("serve")
+        .env("AGGREGATE_DATA_DIR", dir.path())
+        .env("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(url) = &nats_url {
+        cmd.env("AGGREGATE_NATS_URL", url);
+    }
+    let mut child: Child = cmd.spawn().expect("start aggregate-host");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("listening line");
+    let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).expect("address").to_string();
+    let client = Client::new(field("gateway="), field("admin="));
+    client.deploy("bank-account", std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap()).await.expect("deploy");
+    let ids = fresh_ids();
+    for id in &ids {
+        client.send("bank-account", &id.to_string(), "open", &serde_json::json!({"owner": "bench"})).await.expect("open");
+    }
+    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let base = client.gateway_url().to_string();
+    let mut rows = Vec::new();
+    for writers in WRITERS {
+        let (http, base) = (http.clone(), base.clone());
+        rows.push(
+            closed_loop("http", log, child.id(), &ids, writers, move |id| {
+                let request = http.post(format!("{base}/aggregates/bank-account/{id}/commands/deposit")).body(r#"{"amount":1}"#);
+                async move {
+                    let r = request.send().await.expect("request");
+                    assert!(r.status().is_success(), "{}", r.status());
+                    r.bytes().await.expect("body");
+                }
+            })
+            .await,
+        );
+    }
+    if std::env::var_os("BENCH_FLOOR").is_some() {
+        let (http, base) = (http.clone(), base.clone());
+        rows.push(
+            closed_loop("http-floor", log, child.id(), &ids, 32, move |_| {
+                let request = http.get(format!("{base}/problems/version-conflict"));
+                async move {
+                    request.send().await.expect("request").bytes().await.expect("body");
+                }
+            })
+            .await,
+        );
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    rows
+}
+
+fn print(rows: &[Row]) {
+    println!("| layer | event log | writers | commands | commands/s | p50 ms | p99 ms | host CPU µs/command | HTTP adds (CPU) |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        let vs = match r.layer {
+            "http" => rows
+                .iter()
+                .find(|s| s.layer == "service" && s.log == r.log && s.writers == r.writers)
+                .map(|s| format!("{:+.0}%", (r.cpu_per_command.as_secs_f64() / s.cpu_per_command.as_secs_f64() - 1.0) * 100.0))
+                .unwrap_or_default(),
+            _ => String::from("(ceiling)"),
+        };
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} | {vs} |",
+            r.layer,
+            r.log,
+            r.writers,
+            r.commands,
+            r.per_sec,
+            r.p50.as_secs_f64() * 1e3,
+            r.p99.as_secs_f64() * 1e3,
+            r.cpu_per_command.as_secs_f64() * 1e6,
+        );
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries without `--bench`; keep that instant.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("http bench: run with `cargo bench -p aggregate-host --bench http`");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut rows = rt.block_on(service_rows("embedded", None));
+    rows.extend(rt.block_on(http_rows("embedded", None)));
+    match nats::NatsServer::start_or_skip("http bench on JetStream") {
+        Some(server) => {
+            rows.extend(rt.block_on(service_rows("jetstream", Some(server.url()))));
+            rows.extend(rt.block_on(http_rows("jetstream", Some(server.url()))));
+        }
+        None => println!("(JetStream rows skipped: no nats-server)"),
+    }
+    rows.sort_by_key(|r| (r.log, r.writers, r.layer != "service"));
+    print(&rows);
+}

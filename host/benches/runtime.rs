@@ -147,12 +147,43 @@ fn native(state: &Json) -> Duration {
     t.elapsed() / n
 }
 
+/// Per-call host overhead: the hostile guest's trivial `ok` command (no JSON work in the guest
+/// beyond an empty object), decide + apply on a warm instance.
+fn host_overhead() -> Duration {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let (hash, _) = rt.load(&std::fs::read(example_artifacts::HOSTILE).unwrap()).unwrap();
+    let target = AggregateRef {
+        tenant: TenantId::new("bench").unwrap(),
+        aggregate_type: AggregateType::new("hostile").unwrap(),
+        aggregate_id: AggregateId::generate(),
+    };
+    let key = InstanceKey { tenant: target.tenant.clone(), aggregate_type: target.aggregate_type.clone(), component: hash };
+    let limits = Limits { max_calls_per_instance: u64::MAX, ..Limits::default() };
+    let state = Json::parse(r#"{"count":0}"#).unwrap();
+    let cmd = Command { command_type: "ok".into(), payload: Json::parse("{}").unwrap(), ..command(&target) };
+    let n: u32 = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    for _ in 0..500 {
+        decide_apply(&rt, &key, &limits, Isolation::Pooled, &state, &cmd);
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        decide_apply(&rt, &key, &limits, Isolation::Pooled, &state, &cmd);
+    }
+    t.elapsed() / n
+}
+
 fn main() {
-    // `cargo bench` passes `--bench`; ignore arguments.
+    // `cargo bench` passes `--bench`; ignore arguments. `BENCH_ONLY=overhead` runs just the
+    // host-overhead loop (for profiling with perf).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("overhead") {
+        println!("host overhead: {} µs", us(host_overhead()));
+        return;
+    }
     let mut rows = Vec::new();
     let (rust, state) = bench_component("Rust", Path::new(example_artifacts::BANK_ACCOUNT));
     rows.push(rust);
     let native = native(&state);
+    let overhead = host_overhead();
 
     println!("| guest | .wasm bytes | compile (ms) | precompiled load (ms) | warm decide+apply (µs) | fresh instance decide+apply (µs) | native decide+apply (µs) | warm ÷ native |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -171,4 +202,7 @@ fn main() {
             ratio
         );
     }
+    println!();
+    println!("Host overhead per command (trivial guest `ok`, warm decide+apply): {} µs", us(overhead));
 }
+

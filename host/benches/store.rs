@@ -115,16 +115,27 @@ fn main() {
         .build()
         .unwrap();
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
 
     for writers in [1, 64] {
         let dir = tempfile::tempdir().unwrap();
-        let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(dir.path()).unwrap());
+        let embedded = Arc::new(EmbeddedLog::open(dir.path()).unwrap());
+        let log: Arc<dyn EventLog> = embedded.clone();
         rows.push(rt.block_on(run(
             log,
             "embedded (fjall, fsync per batch)",
             writers,
             duration,
         )));
+        let st = embedded.stats();
+        let batches = st.batches.max(1) as f64;
+        notes.push(format!(
+            "embedded, {writers} writer(s): {} batches, {:.1} commits/batch, per batch {:.0} µs prepare + {:.0} µs write+fsync",
+            st.batches,
+            st.commits as f64 / batches,
+            st.prepare_micros as f64 / batches,
+            st.persist_micros as f64 / batches,
+        ));
     }
 
     if let Some(server) = nats::NatsServer::start_or_skip("store bench (JetStream)") {
@@ -165,5 +176,9 @@ fn main() {
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
         );
+    }
+    println!();
+    for note in notes {
+        println!("- {note}");
     }
 }

@@ -39,7 +39,10 @@ pub enum ClientError {
 }
 
 fn problem_slug(p: &Value) -> &str {
-    p["type"].as_str().map(|t| t.rsplit('/').next().unwrap_or(t)).unwrap_or("error")
+    p["type"]
+        .as_str()
+        .map(|t| t.rsplit('/').next().unwrap_or(t))
+        .unwrap_or("error")
 }
 
 impl ClientError {
@@ -88,7 +91,10 @@ impl Client {
     pub fn new(gateway: impl Into<String>, admin: impl Into<String>) -> Self {
         let trim = |s: String| s.trim_end_matches('/').to_string();
         Self {
-            http: reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("HTTP client"),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("HTTP client"),
             gateway: trim(gateway.into()),
             admin: trim(admin.into()),
             token: None,
@@ -145,17 +151,27 @@ impl Client {
     ///
     /// [`ClientError`].
     pub async fn execute(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let request = request.build().map_err(|source| ClientError::Http { url: String::new(), source })?;
+        let request = request.build().map_err(|source| ClientError::Http {
+            url: String::new(),
+            source,
+        })?;
         let url = request.url().to_string();
-        let http = |source| ClientError::Http { url: url.clone(), source };
+        let http = |source| ClientError::Http {
+            url: url.clone(),
+            source,
+        };
         let response = self.http.execute(request).await.map_err(http)?;
         let status = response.status();
         let text = response.text().await.map_err(http)?;
-        let body = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "detail": text }));
+        let body =
+            serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({ "detail": text }));
         if status.is_success() {
             Ok(body)
         } else {
-            Err(ClientError::Problem { status: status.as_u16(), problem: body })
+            Err(ClientError::Problem {
+                status: status.as_u16(),
+                problem: body,
+            })
         }
     }
 
@@ -164,8 +180,15 @@ impl Client {
     /// # Errors
     ///
     /// [`ClientError`].
-    pub async fn send(&self, ty: &str, id: &str, command: &str, payload: &Value) -> Result<Value, ClientError> {
-        self.send_with(ty, id, command, payload, &CommandOptions::default()).await
+    pub async fn send(
+        &self,
+        ty: &str,
+        id: &str,
+        command: &str,
+        payload: &Value,
+    ) -> Result<Value, ClientError> {
+        self.send_with(ty, id, command, payload, &CommandOptions::default())
+            .await
     }
 
     /// Submit a command with headers.
@@ -181,12 +204,20 @@ impl Client {
         payload: &Value,
         options: &CommandOptions,
     ) -> Result<Value, ClientError> {
-        let mut r = self.gw(reqwest::Method::POST, &format!("/aggregates/{ty}/{id}/commands/{command}")).json(payload);
+        let mut r = self
+            .gw(
+                reqwest::Method::POST,
+                &format!("/aggregates/{ty}/{id}/commands/{command}"),
+            )
+            .json(payload);
         for (name, value) in [
             ("x-command-id", options.command_id.clone()),
             ("x-correlation-id", options.correlation_id.clone()),
             ("traceparent", options.traceparent.clone()),
-            ("x-expected-version", options.expected_version.map(|v| v.to_string())),
+            (
+                "x-expected-version",
+                options.expected_version.map(|v| v.to_string()),
+            ),
         ] {
             if let Some(v) = value {
                 r = r.header(name, v);
@@ -201,7 +232,8 @@ impl Client {
     ///
     /// [`ClientError`].
     pub async fn state(&self, ty: &str, id: &str) -> Result<Value, ClientError> {
-        self.execute(self.gw(reqwest::Method::GET, &format!("/aggregates/{ty}/{id}"))).await
+        self.execute(self.gw(reqwest::Method::GET, &format!("/aggregates/{ty}/{id}")))
+            .await
     }
 
     /// An aggregate's events after a version.
@@ -209,8 +241,18 @@ impl Client {
     /// # Errors
     ///
     /// [`ClientError`].
-    pub async fn events(&self, ty: &str, id: &str, after: u64, limit: usize) -> Result<Value, ClientError> {
-        self.execute(self.gw(reqwest::Method::GET, &format!("/aggregates/{ty}/{id}/events?after={after}&limit={limit}"))).await
+    pub async fn events(
+        &self,
+        ty: &str,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Value, ClientError> {
+        self.execute(self.gw(
+            reqwest::Method::GET,
+            &format!("/aggregates/{ty}/{id}/events?after={after}&limit={limit}"),
+        ))
+        .await
     }
 
     /// Upload a component.
@@ -220,7 +262,10 @@ impl Client {
     /// [`ClientError`].
     pub async fn deploy(&self, ty: &str, wasm: Vec<u8>) -> Result<Value, ClientError> {
         let r = self
-            .adm(reqwest::Method::PUT, &format!("/admin/aggregates/{ty}/component"))
+            .adm(
+                reqwest::Method::PUT,
+                &format!("/admin/aggregates/{ty}/component"),
+            )
             .header("content-type", "application/wasm")
             .body(wasm);
         self.execute(r).await
@@ -231,12 +276,44 @@ impl Client {
     /// # Errors
     ///
     /// [`ClientError`].
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
         let mut r = self.adm(method, path);
         if let Some(b) = body {
             r = r.json(b);
         }
         self.execute(r).await
+    }
+
+    /// `/metrics` of the admin API (Prometheus text).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`].
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let request = self.adm(reqwest::Method::GET, "/metrics");
+        let url = format!("{}/metrics", self.admin);
+        let http = |source| ClientError::Http {
+            url: url.clone(),
+            source,
+        };
+        let response = request.send().await.map_err(http)?;
+        let status = response.status();
+        let text = response.text().await.map_err(http)?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            let problem = serde_json::from_str(&text)
+                .unwrap_or_else(|_| serde_json::json!({ "detail": text }));
+            Err(ClientError::Problem {
+                status: status.as_u16(),
+                problem,
+            })
+        }
     }
 
     /// `/ready` of the admin API.
@@ -245,6 +322,7 @@ impl Client {
     ///
     /// [`ClientError`]; a host that is not ready answers a `not-ready` problem.
     pub async fn ready(&self) -> Result<Value, ClientError> {
-        self.execute(self.http.get(format!("{}/ready", self.admin))).await
+        self.execute(self.http.get(format!("{}/ready", self.admin)))
+            .await
     }
 }

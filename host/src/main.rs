@@ -9,7 +9,11 @@ use aggregate_host::config::Config;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "aggregate-host", version, about = "Runs event-sourced aggregates shipped as WebAssembly components")]
+#[command(
+    name = "aggregate-host",
+    version,
+    about = "Runs event-sourced aggregates shipped as WebAssembly components"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -19,10 +23,18 @@ struct Cli {
 #[derive(Args)]
 struct Remote {
     /// Base URL of the gateway API.
-    #[arg(long, env = "AGGREGATE_GATEWAY_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "AGGREGATE_GATEWAY_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     gateway: String,
     /// Base URL of the admin API.
-    #[arg(long, env = "AGGREGATE_ADMIN_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "AGGREGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     admin: String,
     /// Admin bearer token.
     #[arg(long, env = "AGGREGATE_ADMIN_TOKEN", hide_env_values = true)]
@@ -34,7 +46,9 @@ struct Remote {
 
 impl Remote {
     fn client(self) -> Client {
-        Client::new(self.gateway, self.admin).with_token(self.token).with_tenant(self.tenant)
+        Client::new(self.gateway, self.admin)
+            .with_token(self.token)
+            .with_tenant(self.tenant)
     }
 }
 
@@ -125,7 +139,10 @@ fn main() -> ExitCode {
             match e.downcast_ref::<ClientError>() {
                 Some(ClientError::Problem { problem, .. }) => {
                     eprintln!("error: {e}");
-                    eprintln!("{}", serde_json::to_string_pretty(problem).unwrap_or_default());
+                    eprintln!(
+                        "{}",
+                        serde_json::to_string_pretty(problem).unwrap_or_default()
+                    );
                 }
                 _ => eprintln!("error: {e:#}"),
             }
@@ -141,33 +158,57 @@ fn print(v: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve { config } => {
             let config = Config::load(config.as_deref(), std::env::vars())?;
-            aggregate_host::telemetry::init_tracing(config.log_format, "info");
+            aggregate_host::telemetry::init_tracing(
+                config.log_format,
+                "info,fjall=warn,lsm_tree=warn",
+            );
             runtime()?.block_on(aggregate_host::api::serve(config, |bound| {
                 // One machine-readable line on stdout (the log goes to stderr): scripts and tests
                 // started with port 0 read the addresses from it.
-                println!("listening gateway=http://{} admin=http://{}", bound.gateway, bound.admin);
+                println!(
+                    "listening gateway=http://{} admin=http://{}",
+                    bound.gateway, bound.admin
+                );
                 let _ = std::io::stdout().flush();
             }))
         }
-        Cmd::Deploy { aggregate_type, file, remote } => {
-            let wasm = std::fs::read(&file).map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
+        Cmd::Deploy {
+            aggregate_type,
+            file,
+            remote,
+        } => {
+            let wasm = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("read {}: {e}", file.display()))?;
             print(&runtime()?.block_on(remote.client().deploy(&aggregate_type, wasm))?)
         }
-        Cmd::Send { aggregate_type, aggregate_id, json, command, command_id, correlation_id, expected_version, remote } => {
-            let mut payload: serde_json::Value =
-                serde_json::from_str(&json).map_err(|e| anyhow::anyhow!("the command is not JSON: {e}"))?;
+        Cmd::Send {
+            aggregate_type,
+            aggregate_id,
+            json,
+            command,
+            command_id,
+            correlation_id,
+            expected_version,
+            remote,
+        } => {
+            let mut payload: serde_json::Value = serde_json::from_str(&json)
+                .map_err(|e| anyhow::anyhow!("the command is not JSON: {e}"))?;
             let command = match command {
                 Some(c) => c,
                 None => match payload.as_object_mut().and_then(|o| o.remove("type")) {
                     Some(serde_json::Value::String(t)) => t,
-                    _ => anyhow::bail!("say which command: a \"type\" field in the JSON, or --command"),
+                    _ => anyhow::bail!(
+                        "say which command: a \"type\" field in the JSON, or --command"
+                    ),
                 },
             };
             let id = if aggregate_id == "new" {
@@ -175,17 +216,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 aggregate_id
             };
-            let options = CommandOptions { command_id, correlation_id, traceparent: None, expected_version };
-            print(&runtime()?.block_on(remote.client().send_with(&aggregate_type, &id, &command, &payload, &options))?)
+            let options = CommandOptions {
+                command_id,
+                correlation_id,
+                traceparent: None,
+                expected_version,
+            };
+            print(&runtime()?.block_on(remote.client().send_with(
+                &aggregate_type,
+                &id,
+                &command,
+                &payload,
+                &options,
+            ))?)
         }
-        Cmd::State { aggregate_type, aggregate_id, remote } => {
-            print(&runtime()?.block_on(remote.client().state(&aggregate_type, &aggregate_id))?)
-        }
-        Cmd::Events { aggregate_type, aggregate_id, after, limit, remote } => {
-            print(&runtime()?.block_on(remote.client().events(&aggregate_type, &aggregate_id, after, limit))?)
-        }
+        Cmd::State {
+            aggregate_type,
+            aggregate_id,
+            remote,
+        } => print(&runtime()?.block_on(remote.client().state(&aggregate_type, &aggregate_id))?),
+        Cmd::Events {
+            aggregate_type,
+            aggregate_id,
+            after,
+            limit,
+            remote,
+        } => print(&runtime()?.block_on(remote.client().events(
+            &aggregate_type,
+            &aggregate_id,
+            after,
+            limit,
+        ))?),
         Cmd::Health { remote } => print(&runtime()?.block_on(remote.client().ready())?),
-        Cmd::Demo { component, data_dir } => {
+        Cmd::Demo {
+            component,
+            data_dir,
+        } => {
             aggregate_host::telemetry::init_tracing(Default::default(), "warn");
             let tmp;
             let dir = match data_dir {

@@ -89,9 +89,15 @@ fn bank() -> AggregateType {
 }
 
 async fn fixture(dir: &Path, log: Arc<dyn EventLog>) -> Fixture {
+    let f = open_fixture(dir, log).await;
+    f.registry.deploy(&bank(), &std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(), None).unwrap();
+    f
+}
+
+/// A service over what `dir` already holds (manifest as deployed before), with an empty cache.
+async fn open_fixture(dir: &Path, log: Arc<dyn EventLog>) -> Fixture {
     let runtime = Arc::new(Runtime::new(RuntimeConfig { artifact_dir: Some(dir.join("artifacts")), max_warm_instances: 32, ..RuntimeConfig::default() }).unwrap());
     let registry = Arc::new(Registry::open(dir, &dir.join("manifest.yaml"), runtime.clone(), 64 << 20).unwrap());
-    registry.deploy(&bank(), &std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(), None).unwrap();
     let snapshots = SnapshotStore::open(dir.join("snapshots")).unwrap();
     let service = Arc::new(CommandService::new(registry.clone(), runtime, log.clone(), snapshots.clone(), ServiceConfig::default()));
     Fixture { service, registry, log, snapshots }
@@ -145,6 +151,7 @@ on_both_logs!(
     snapshots_every_n_events_and_restart_rehydrates,
     single_tenant_mode_works,
     a_stale_cache_conflicts_and_is_retried,
+    a_snapshot_of_another_component_is_trusted_or_rebuilt_per_manifest,
 );
 
 async fn bank_account_story(backend: Backend) {
@@ -287,4 +294,51 @@ async fn a_stale_cache_conflicts_and_is_retried(backend: Backend) {
     assert_eq!(o.version, Version(4));
     assert_eq!(balance(&host_a, &acc).await, 111);
     assert_eq!(balance(&host_b, &acc).await, 111);
+}
+
+/// Bank-account with one custom section appended: the same behaviour under a different hash.
+fn bank_account_variant() -> Vec<u8> {
+    let mut bytes = std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap();
+    let name = b"variant";
+    let body_len = 1 + name.len() + 1;
+    bytes.extend_from_slice(&[0, body_len as u8, name.len() as u8]);
+    bytes.extend_from_slice(name);
+    bytes.push(2);
+    bytes
+}
+
+async fn a_snapshot_of_another_component_is_trusted_or_rebuilt_per_manifest(backend: Backend) {
+    use aggregate_host::registry::SnapshotPolicy;
+    use aggregate_host::types::Snapshot;
+    let Some(env) = backend.start().await else { return };
+    let acc = target(&tenant("acme"), AggregateId::generate());
+    let f = fixture(env.dir(), env.log().await).await;
+    send(&f, &acc, "open", serde_json::json!({"owner": "Ada"})).await.unwrap();
+    send(&f, &acc, "deposit", serde_json::json!({"amount": 10})).await.unwrap();
+    send(&f, &acc, "deposit", serde_json::json!({"amount": 5})).await.unwrap();
+    let first = f.registry.resolve(&bank()).unwrap().component;
+    // A snapshot at version 2 whose state differs from the fold of events 1..=2, so the test can
+    // tell whether it was used.
+    let marked = Snapshot {
+        aggregate: acc.clone(),
+        version: Version(2),
+        state: Json::parse(r#"{"opened":true,"owner":"Ada","balance":1000}"#).unwrap(),
+        component: first,
+        log_position: 2,
+    };
+    f.snapshots.insert(&marked).unwrap();
+    let fresh = || async { open_fixture(env.dir(), env.log().await).await };
+
+    let same = fresh().await;
+    assert_eq!(balance(&same, &acc).await, 1005, "a snapshot of the active component is used");
+
+    let deployed = f.registry.deploy(&bank(), &bank_account_variant(), None).unwrap();
+    assert!(deployed.changed && deployed.component != first);
+    let trusting = fresh().await;
+    assert_eq!(trusting.registry.resolve(&bank()).unwrap().snapshot_policy, SnapshotPolicy::Trust);
+    assert_eq!(balance(&trusting, &acc).await, 1005, "policy trust: the old component's snapshot is used");
+
+    f.registry.update(&bank(), |e| { e.snapshot_policy = SnapshotPolicy::Rebuild; Ok(()) }).unwrap();
+    let rebuilding = fresh().await;
+    assert_eq!(balance(&rebuilding, &acc).await, 15, "policy rebuild: all events folded by the new component");
 }

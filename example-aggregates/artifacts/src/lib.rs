@@ -6,6 +6,8 @@
 //! resulting component files. The build needs `rustup target add wasm32-wasip2`.
 //!
 //! - [`BANK_ACCOUNT`]: the SDK's reference bank account aggregate.
+//! - [`BANK_ACCOUNT_V2`]: the same account whose deposits record a currency (event schema 2);
+//!   the hot-deploy tests deploy it over `BANK_ACCOUNT`.
 //! - [`HOSTILE`]: a misbehaving guest (infinite loop, memory hog, panic, invalid JSON, huge
 //!   outputs, stderr spam, tenant tracking); see the `hostile` crate's docs for its commands.
 //! - [`FORBIDDEN_IMPORT`]: a guest that also imports `evil:net/exfil`, which the host must refuse
@@ -23,6 +25,7 @@ include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
 /// Every guest as `(package name, path)`.
 pub const ALL: &[(&str, &str)] = &[
     ("bank-account", BANK_ACCOUNT),
+    ("bank-account-v2", BANK_ACCOUNT_V2),
     ("hostile", HOSTILE),
     ("forbidden-import", FORBIDDEN_IMPORT),
 ];

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::gateway::{body_error, path_error};
+use super::gateway::path_error;
 use super::{ApiError, AppState, Routes};
 use crate::registry::RegistryError;
 use crate::runtime::Limits;
@@ -22,15 +22,33 @@ use crate::types::{AggregateId, AggregateRef, AggregateType, TenantId};
 
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Limit of the JSON bodies of admin requests other than uploads.
+const SMALL_BODY: usize = 64 << 10;
 
 /// The token-protected routes and the open ones (probes and the API document).
 pub(super) fn routes() -> (Routes, Routes) {
     let protected = Routes::new()
-        .add(Method::PUT, "/admin/aggregates/{aggregate_type}/component", upload)
+        .add(
+            Method::PUT,
+            "/admin/aggregates/{aggregate_type}/component",
+            upload,
+        )
         .add(Method::GET, "/admin/aggregates", list)
-        .add(Method::GET, "/admin/aggregates/{aggregate_type}/versions", versions)
-        .add(Method::POST, "/admin/aggregates/{aggregate_type}/rollback", rollback)
-        .add(Method::PUT, "/admin/aggregates/{aggregate_type}/limits", limits)
+        .add(
+            Method::GET,
+            "/admin/aggregates/{aggregate_type}/versions",
+            versions,
+        )
+        .add(
+            Method::POST,
+            "/admin/aggregates/{aggregate_type}/rollback",
+            rollback,
+        )
+        .add(
+            Method::PUT,
+            "/admin/aggregates/{aggregate_type}/limits",
+            limits,
+        )
         .add(Method::GET, "/admin/tenants", tenants)
         .add(Method::POST, "/admin/drain", drain)
         .add(Method::POST, "/admin/resume", resume)
@@ -50,18 +68,42 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// `Authorization: Bearer <admin_token>` on every protected route (no token configured: the
 /// admin API is on loopback and open).
-pub(super) async fn require_token(State(st): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(expected) = &st.0.config.admin_token else { return next.run(request).await };
-    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
-    match given.and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))) {
-        None => ApiError::Unauthorized("missing bearer token: send `Authorization: Bearer <admin token>`").into_response(),
-        Some(t) if same_secret(t.trim().as_bytes(), expected.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::Unauthorized("the bearer token is wrong").into_response(),
-    }
+pub(super) async fn require_token(
+    State(st): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &st.0.config.admin_token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    let refusal = match given.and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    }) {
+        Some(t) if same_secret(t.trim().as_bytes(), expected.as_bytes()) => {
+            return next.run(request).await
+        }
+        None => ApiError::Unauthorized(
+            "missing bearer token: send `Authorization: Bearer <admin token>`",
+        ),
+        Some(_) => ApiError::Unauthorized("the bearer token is wrong"),
+    };
+    // Read the refused upload to its end so the client sees the 401 and not a reset connection.
+    super::body::discard(request.into_body(), st.0.config.max_component_mb << 20).await;
+    refusal.into_response()
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Internal(format!("worker task: {e}")))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker task: {e}")))
 }
 
 fn aggregate_type(path: Result<Path<String>, PathRejection>) -> Result<AggregateType, ApiError> {
@@ -73,14 +115,19 @@ fn aggregate_type(path: Result<Path<String>, PathRejection>) -> Result<Aggregate
 async fn upload(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let ty = aggregate_type(path)?;
     let limit = st.0.config.max_component_mb << 20;
-    let bytes = match body {
+    let ty = match aggregate_type(path) {
+        Ok(ty) => ty,
+        Err(e) => {
+            super::body::discard(body, limit).await;
+            return Err(e);
+        }
+    };
+    let bytes = match super::body::read(body, limit, "component").await {
         Ok(b) => b,
         Err(e) => {
-            let e = body_error(e, "component", limit);
             st.0.metrics.deploy(&ty, e.problem_type().slug());
             return Err(e);
         }
@@ -97,8 +144,13 @@ async fn upload(
     }
     match result {
         Ok(d) => {
-            st.0.metrics.deploy(&ty, if d.changed { "deployed" } else { "unchanged" });
-            let status = if d.changed { StatusCode::CREATED } else { StatusCode::OK };
+            st.0.metrics
+                .deploy(&ty, if d.changed { "deployed" } else { "unchanged" });
+            let status = if d.changed {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             let body = json!({
                 "aggregate_type": ty,
                 "component": d.component,
@@ -140,15 +192,26 @@ async fn list(State(st): State<AppState>) -> Result<Response, ApiError> {
 
 /// `GET /admin/aggregates/{aggregate_type}/versions`: earlier components, oldest first, then the
 /// active one.
-async fn versions(State(st): State<AppState>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+async fn versions(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
     let ty = aggregate_type(path)?;
     let manifest = st.0.registry.manifest();
-    let entry = manifest.aggregates.get(&ty).ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+    let entry = manifest
+        .aggregates
+        .get(&ty)
+        .ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
     let blobs = st.0.registry.blobs();
     let size = |h| std::fs::metadata(blobs.path(h)).map(|m| m.len()).ok();
-    let mut versions: Vec<Value> =
-        entry.history.iter().map(|h| json!({ "component": h, "active": false, "bytes": size(h) })).collect();
-    versions.push(json!({ "component": entry.component, "active": true, "bytes": size(&entry.component) }));
+    let mut versions: Vec<Value> = entry
+        .history
+        .iter()
+        .map(|h| json!({ "component": h, "active": false, "bytes": size(h) }))
+        .collect();
+    versions.push(
+        json!({ "component": entry.component, "active": true, "bytes": size(&entry.component) }),
+    );
     Ok(AxumJson(json!({
         "aggregate_type": ty,
         "component": entry.component,
@@ -159,7 +222,10 @@ async fn versions(State(st): State<AppState>, path: Result<Path<String>, PathRej
 }
 
 /// `POST /admin/aggregates/{aggregate_type}/rollback`
-async fn rollback(State(st): State<AppState>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+async fn rollback(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
     let ty = aggregate_type(path)?;
     let registry = st.0.registry.clone();
     let rollback_ty = ty.clone();
@@ -172,17 +238,21 @@ async fn rollback(State(st): State<AppState>, path: Result<Path<String>, PathRej
 async fn limits(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let ty = aggregate_type(path)?;
-    let body = body.map_err(|e| body_error(e, "limits", 64 << 10))?;
+    let body = super::body::read(body, SMALL_BODY, "limits").await?;
     let change: serde_json::Map<String, Value> =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("limits: {e}")))?;
     let current = st.0.registry.resolve(&ty)?.limits;
-    let mut merged = serde_json::to_value(current).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let obj = merged.as_object_mut().expect("limits serialize as an object");
+    let mut merged =
+        serde_json::to_value(current).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let obj = merged
+        .as_object_mut()
+        .expect("limits serialize as an object");
     obj.extend(change);
-    let limits: Limits = serde_json::from_value(merged).map_err(|e| ApiError::BadRequest(format!("limits: {e}")))?;
+    let limits: Limits =
+        serde_json::from_value(merged).map_err(|e| ApiError::BadRequest(format!("limits: {e}")))?;
     let registry = st.0.registry.clone();
     let (update_ty, new) = (ty.clone(), limits.clone());
     blocking(move || {
@@ -199,7 +269,13 @@ async fn limits(
 async fn tenants(State(st): State<AppState>) -> Result<Response, ApiError> {
     let mut out = Vec::new();
     for t in st.0.tenants.statuses() {
-        let aggregates = st.0.service.log().list_aggregates(&t.tenant).await.map(|a| a.len()).ok();
+        let aggregates =
+            st.0.service
+                .log()
+                .list_aggregates(&t.tenant)
+                .await
+                .map(|a| a.len())
+                .ok();
         out.push(json!({
             "tenant_id": t.tenant.as_str(),
             "aggregates": aggregates,
@@ -220,24 +296,32 @@ struct DrainRequest {
     timeout_ms: Option<u64>,
 }
 
-fn drain_request(body: Result<Bytes, BytesRejection>) -> Result<(TenantId, Duration), ApiError> {
-    let body = body.map_err(|e| body_error(e, "request", 64 << 10))?;
+async fn drain_request(body: Body) -> Result<(TenantId, Duration), ApiError> {
+    let body = super::body::read(body, SMALL_BODY, "body").await?;
     let r: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
     };
     let tenant = TenantId::new(r.tenant_id.unwrap_or_default())?;
-    Ok((tenant, r.timeout_ms.map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis)))
+    Ok((
+        tenant,
+        r.timeout_ms
+            .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
+    ))
 }
 
 /// `POST /admin/drain` `{"tenant_id": "acme", "timeout_ms": 30000}`: refuse the tenant's new
 /// commands and wait for those in flight.
-async fn drain(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let (tenant, timeout) = drain_request(body)?;
+async fn drain(State(st): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let (tenant, timeout) = drain_request(body).await?;
     let started = Instant::now();
     let left = st.0.tenants.drain(&tenant, timeout).await;
-    tracing::info!(tenant_id = tenant.as_str(), in_flight = left, "tenant drained");
+    tracing::info!(
+        tenant_id = tenant.as_str(),
+        in_flight = left,
+        "tenant drained"
+    );
     Ok(AxumJson(json!({
         "tenant_id": tenant.as_str(),
         "draining": true,
@@ -249,10 +333,13 @@ async fn drain(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) 
 }
 
 /// `POST /admin/resume` `{"tenant_id": "acme"}`: accept the tenant's commands again.
-async fn resume(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let (tenant, _) = drain_request(body)?;
+async fn resume(State(st): State<AppState>, body: Body) -> Result<Response, ApiError> {
+    let (tenant, _) = drain_request(body).await?;
     let was = st.0.tenants.resume(&tenant);
-    Ok(AxumJson(json!({ "tenant_id": tenant.as_str(), "draining": false, "was_draining": was })).into_response())
+    Ok(
+        AxumJson(json!({ "tenant_id": tenant.as_str(), "draining": false, "was_draining": was }))
+            .into_response(),
+    )
 }
 
 /// `POST /admin/reload`: read the manifest file again; placement is single-host until the
@@ -261,7 +348,9 @@ async fn reload(State(st): State<AppState>) -> Result<Response, ApiError> {
     let registry = st.0.registry.clone();
     let compiles_before = st.0.runtime.stats().compiles;
     let started = Instant::now();
-    let changed = blocking(move || registry.reload()).await?.map_err(ApiError::Reload)?;
+    let changed = blocking(move || registry.reload())
+        .await?
+        .map_err(ApiError::Reload)?;
     if st.0.runtime.stats().compiles > compiles_before {
         st.0.metrics.compiled(started.elapsed());
     }
@@ -285,14 +374,20 @@ async fn probe_event_log(st: &AppState) -> Value {
     let probe = AggregateRef {
         tenant: TenantId::new("health-probe").expect("valid"),
         aggregate_type: AggregateType::new("health-probe").expect("valid"),
-        aggregate_id: AggregateId::from_uuid(Uuid::from_u128(0x0000_0000_0000_7000_8000_0000_0000_0001)).expect("a v7 UUID"),
+        aggregate_id: AggregateId::from_uuid(Uuid::from_u128(
+            0x0000_0000_0000_7000_8000_0000_0000_0001,
+        ))
+        .expect("a v7 UUID"),
     };
     let started = Instant::now();
     let log = st.0.service.log();
     let (ok, error) = match tokio::time::timeout(PROBE_TIMEOUT, log.version(&probe)).await {
         Ok(Ok(_)) => (true, None),
         Ok(Err(e)) => (false, Some(e.to_string())),
-        Err(_) => (false, Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis()))),
+        Err(_) => (
+            false,
+            Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
+        ),
     };
     json!({ "ok": ok, "kind": log.kind(), "latency_ms": started.elapsed().as_secs_f64() * 1e3, "error": error })
 }
@@ -308,7 +403,11 @@ fn nats_status(st: &AppState, log: &Value) -> Value {
 /// and NATS answer.
 async fn health(State(st): State<AppState>) -> Response {
     let log = probe_event_log(&st).await;
-    let status = if log["ok"] == Value::Bool(true) { "ok" } else { "degraded" };
+    let status = if log["ok"] == Value::Bool(true) {
+        "ok"
+    } else {
+        "degraded"
+    };
     AxumJson(json!({
         "status": status,
         "uptime_secs": st.0.started.elapsed().as_secs(),
@@ -322,8 +421,12 @@ async fn health(State(st): State<AppState>) -> Response {
 /// not shutting down; otherwise a `not-ready` problem listing the checks.
 async fn ready(State(st): State<AppState>) -> Result<Response, ApiError> {
     let manifest = st.0.registry.manifest();
-    let missing: Vec<&AggregateType> =
-        manifest.aggregates.iter().filter(|(_, e)| !st.0.runtime.is_loaded(&e.component)).map(|(t, _)| t).collect();
+    let missing: Vec<&AggregateType> = manifest
+        .aggregates
+        .iter()
+        .filter(|(_, e)| !st.0.runtime.is_loaded(&e.component))
+        .map(|(t, _)| t)
+        .collect();
     let log = probe_event_log(&st).await;
     let mut checks = json!({
         "config": { "ok": true },
@@ -335,7 +438,11 @@ async fn ready(State(st): State<AppState>) -> Result<Response, ApiError> {
     if !nats.is_null() {
         checks["nats"] = nats;
     }
-    let ok = checks.as_object().expect("object").values().all(|c| c["ok"] == Value::Bool(true));
+    let ok = checks
+        .as_object()
+        .expect("object")
+        .values()
+        .all(|c| c["ok"] == Value::Bool(true));
     if ok {
         Ok(AxumJson(json!({ "ready": true, "checks": checks })).into_response())
     } else {

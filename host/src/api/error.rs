@@ -171,7 +171,13 @@ pub enum ApiError {
 fn failing(checks: &Value) -> String {
     checks
         .as_object()
-        .map(|m| m.iter().filter(|(_, v)| v["ok"] != Value::Bool(true)).map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "))
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v["ok"] != Value::Bool(true))
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
@@ -191,7 +197,11 @@ struct Problem {
 
 impl Problem {
     fn new(kind: ProblemType, detail: impl Into<String>) -> Self {
-        Self { kind, detail: detail.into(), extensions: Map::new() }
+        Self {
+            kind,
+            detail: detail.into(),
+            extensions: Map::new(),
+        }
     }
 
     fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
@@ -213,17 +223,26 @@ impl ApiError {
         let opaque = "an internal error occurred; the host log has the details";
         match self {
             ApiError::Service(e) => match e {
-                ServiceError::InvalidInput(v) => Problem::new(P::InvalidInput, v.to_string()).with("field", v.field),
-                ServiceError::TenantAccessDenied { .. } => Problem::new(P::TenantDenied, e.to_string()),
-                ServiceError::UnknownAggregateType(t) => {
-                    Problem::new(P::UnknownAggregateType, e.to_string()).with("aggregate_type", t.as_str())
+                ServiceError::InvalidInput(v) => {
+                    Problem::new(P::InvalidInput, v.to_string()).with("field", v.field)
                 }
-                ServiceError::UnknownAggregate(a) => Problem::new(P::UnknownAggregate, e.to_string())
-                    .with("aggregate_type", a.aggregate_type.as_str())
-                    .with("aggregate_id", a.aggregate_id.to_string()),
+                ServiceError::TenantAccessDenied { .. } => {
+                    Problem::new(P::TenantDenied, e.to_string())
+                }
+                ServiceError::UnknownAggregateType(t) => {
+                    Problem::new(P::UnknownAggregateType, e.to_string())
+                        .with("aggregate_type", t.as_str())
+                }
+                ServiceError::UnknownAggregate(a) => {
+                    Problem::new(P::UnknownAggregate, e.to_string())
+                        .with("aggregate_type", a.aggregate_type.as_str())
+                        .with("aggregate_id", a.aggregate_id.to_string())
+                }
                 ServiceError::Rejected(m) => Problem::new(P::CommandRejected, m.clone()),
                 ServiceError::InvalidCommand(m) => Problem::new(P::InvalidCommand, m.clone()),
-                ServiceError::VersionMismatch { expected, actual, .. } => Problem::new(P::VersionConflict, e.to_string())
+                ServiceError::VersionMismatch {
+                    expected, actual, ..
+                } => Problem::new(P::VersionConflict, e.to_string())
                     .with("expected_version", expected.0)
                     .with("actual_version", actual.0),
                 ServiceError::Conflict { attempts, .. } => {
@@ -232,21 +251,30 @@ impl ApiError {
                 ServiceError::Guest(g) if g.is_limit_breach() => {
                     Problem::new(P::LimitExceeded, g.to_string()).with("limit", g.kind())
                 }
-                ServiceError::Guest(g) => Problem::new(P::GuestFault, opaque_guest).with("kind", g.kind()),
+                ServiceError::Guest(g) => {
+                    Problem::new(P::GuestFault, opaque_guest).with("kind", g.kind())
+                }
                 ServiceError::Store(StoreError::Unavailable(_)) => {
                     Problem::new(P::Unavailable, "the event log is unavailable; retry later")
                 }
-                ServiceError::Store(StoreError::Conflict { .. }) => Problem::new(P::VersionConflict, e.to_string()),
+                ServiceError::Store(StoreError::Conflict { .. }) => {
+                    Problem::new(P::VersionConflict, e.to_string())
+                }
                 ServiceError::Store(_) | ServiceError::Registry(_) | ServiceError::Internal(_) => {
                     Problem::new(P::Internal, opaque)
                 }
             },
             ApiError::Registry(e) => match e {
                 RegistryError::UnknownType(t) => {
-                    Problem::new(P::UnknownAggregateType, e.to_string()).with("aggregate_type", t.as_str())
+                    Problem::new(P::UnknownAggregateType, e.to_string())
+                        .with("aggregate_type", t.as_str())
                 }
-                RegistryError::TooLarge { limit, .. } => Problem::new(P::PayloadTooLarge, e.to_string()).with("limit", *limit),
-                RegistryError::NoEarlierVersion(_) => Problem::new(P::NoEarlierVersion, e.to_string()),
+                RegistryError::TooLarge { limit, .. } => {
+                    Problem::new(P::PayloadTooLarge, e.to_string()).with("limit", *limit)
+                }
+                RegistryError::NoEarlierVersion(_) => {
+                    Problem::new(P::NoEarlierVersion, e.to_string())
+                }
                 RegistryError::Component { source, .. } if source.is_rejected_component() => {
                     Problem::new(P::ComponentRejected, e.to_string()).with("kind", source.kind())
                 }
@@ -257,23 +285,37 @@ impl ApiError {
                 RegistryError::ManifestSyntax { .. }
                 | RegistryError::InvalidEntry { .. }
                 | RegistryError::UnknownComponent(_)
-                | RegistryError::CorruptBlob { .. } => Problem::new(P::InvalidManifest, e.to_string()),
+                | RegistryError::CorruptBlob { .. } => {
+                    Problem::new(P::InvalidManifest, e.to_string())
+                }
                 RegistryError::Component { source, .. } if source.is_rejected_component() => {
                     Problem::new(P::InvalidManifest, e.to_string())
                 }
                 _ => Problem::new(P::Internal, opaque),
             },
-            ApiError::Invalid(v) => Problem::new(P::InvalidInput, v.to_string()).with("field", v.field),
+            ApiError::Invalid(v) => {
+                Problem::new(P::InvalidInput, v.to_string()).with("field", v.field)
+            }
             ApiError::BadRequest(m) => Problem::new(P::InvalidInput, m.clone()),
-            ApiError::MissingTenant => Problem::new(P::MissingTenant, self.to_string()).with("header", "x-tenant-id"),
-            ApiError::TenantNotHosted(t) => Problem::new(P::TenantDenied, self.to_string()).with("tenant_id", t.as_str()),
+            ApiError::MissingTenant => {
+                Problem::new(P::MissingTenant, self.to_string()).with("header", "x-tenant-id")
+            }
+            ApiError::TenantNotHosted(t) => {
+                Problem::new(P::TenantDenied, self.to_string()).with("tenant_id", t.as_str())
+            }
             ApiError::Unauthorized(m) => Problem::new(P::Unauthorized, *m),
             ApiError::NoRoute(_) => Problem::new(P::NotFound, self.to_string()),
             ApiError::MethodNotAllowed(_) => Problem::new(P::MethodNotAllowed, self.to_string()),
-            ApiError::PayloadTooLarge { limit, .. } => Problem::new(P::PayloadTooLarge, self.to_string()).with("limit", *limit),
-            ApiError::TenantDraining(t) => Problem::new(P::TenantDraining, self.to_string()).with("tenant_id", t.as_str()),
+            ApiError::PayloadTooLarge { limit, .. } => {
+                Problem::new(P::PayloadTooLarge, self.to_string()).with("limit", *limit)
+            }
+            ApiError::TenantDraining(t) => {
+                Problem::new(P::TenantDraining, self.to_string()).with("tenant_id", t.as_str())
+            }
             ApiError::ShuttingDown => Problem::new(P::ShuttingDown, self.to_string()),
-            ApiError::NotReady(checks) => Problem::new(P::NotReady, self.to_string()).with("checks", checks.clone()),
+            ApiError::NotReady(checks) => {
+                Problem::new(P::NotReady, self.to_string()).with("checks", checks.clone())
+            }
             ApiError::Internal(_) => Problem::new(P::Internal, opaque),
         }
     }
@@ -294,16 +336,24 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         match p.kind {
             ProblemType::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"aggregate-host admin\""));
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"aggregate-host admin\""),
+                );
             }
-            ProblemType::Unavailable | ProblemType::TenantDraining | ProblemType::ShuttingDown | ProblemType::NotReady => {
+            ProblemType::Unavailable
+            | ProblemType::TenantDraining
+            | ProblemType::ShuttingDown
+            | ProblemType::NotReady => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }
         response.extensions_mut().insert(ProblemMarker(p.kind));
         if status.is_server_error() {
-            response.extensions_mut().insert(HiddenDetail(self.to_string()));
+            response
+                .extensions_mut()
+                .insert(HiddenDetail(self.to_string()));
         }
         response
     }
@@ -317,7 +367,10 @@ mod tests {
 
     async fn body(e: ApiError) -> (StatusCode, String, Value) {
         let r = e.into_response();
-        let ct = r.headers()[header::CONTENT_TYPE].to_str().unwrap().to_string();
+        let ct = r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
         let status = r.status();
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         (status, ct, serde_json::from_slice(&bytes).unwrap())
@@ -325,29 +378,57 @@ mod tests {
 
     #[tokio::test]
     async fn every_problem_is_rfc7807_with_a_stable_type() {
-        let (status, ct, v) = body(ApiError::Service(ServiceError::Rejected("insufficient funds".into()))).await;
-        assert_eq!((status, ct.as_str()), (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM_JSON));
+        let (status, ct, v) = body(ApiError::Service(ServiceError::Rejected(
+            "insufficient funds".into(),
+        )))
+        .await;
+        assert_eq!(
+            (status, ct.as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, PROBLEM_JSON)
+        );
         assert_eq!(v["type"], "/problems/command-rejected");
         assert_eq!(v["title"], "Command rejected");
         assert_eq!(v["status"], 422);
         assert_eq!(v["detail"], "insufficient funds");
 
-        let (status, _, v) = body(ApiError::Service(ServiceError::Guest(RuntimeError::FuelExhausted { limit: 10 }))).await;
+        let (status, _, v) = body(ApiError::Service(ServiceError::Guest(
+            RuntimeError::FuelExhausted { limit: 10 },
+        )))
+        .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!((v["type"].as_str(), v["limit"].as_str()), (Some("/problems/limit-exceeded"), Some("fuel")));
+        assert_eq!(
+            (v["type"].as_str(), v["limit"].as_str()),
+            (Some("/problems/limit-exceeded"), Some("fuel"))
+        );
 
         let (status, _, v) = body(ApiError::MissingTenant).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(v["detail"].as_str().unwrap().contains("x-tenant-id"));
 
-        let (status, _, v) = body(ApiError::Service(ServiceError::Store(StoreError::Unavailable("nats down".into())))).await;
-        assert_eq!((status, v["type"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("/problems/unavailable")));
-        assert!(!v.to_string().contains("nats down"), "5xx bodies are opaque: {v}");
+        let (status, _, v) = body(ApiError::Service(ServiceError::Store(
+            StoreError::Unavailable("nats down".into()),
+        )))
+        .await;
+        assert_eq!(
+            (status, v["type"].as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("/problems/unavailable")
+            )
+        );
+        assert!(
+            !v.to_string().contains("nats down"),
+            "5xx bodies are opaque: {v}"
+        );
 
         let hash = ComponentHash::of(b"x");
         let e = RegistryError::Component {
             aggregate_type: AggregateType::new("t").unwrap(),
-            source: RuntimeError::ForbiddenImport { hash, import: "evil:net/exfil".into(), reason: "not linked".into() },
+            source: RuntimeError::ForbiddenImport {
+                hash,
+                import: "evil:net/exfil".into(),
+                reason: "not linked".into(),
+            },
         };
         let (status, _, v) = body(ApiError::Registry(e)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
@@ -358,7 +439,10 @@ mod tests {
     #[tokio::test]
     async fn server_errors_hide_their_detail_but_keep_it_for_the_log() {
         let r = ApiError::Internal("disk on fire".into()).into_response();
-        assert_eq!(r.extensions().get::<HiddenDetail>().unwrap().0, "internal error: disk on fire");
+        assert_eq!(
+            r.extensions().get::<HiddenDetail>().unwrap().0,
+            "internal error: disk on fire"
+        );
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         assert!(!String::from_utf8_lossy(&bytes).contains("disk"));
     }

@@ -3,10 +3,10 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json as AxumJson;
@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState, ProblemType, Routes};
-use crate::service::{ServiceError, Submit};
+use crate::service::{ServiceError, ServiceObserver, Submit};
 use crate::telemetry::CommandOutcomeLabel;
 use crate::types::{
-    AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, ComponentHash, Event, InvalidValue, Json, TenantId,
-    Version,
+    AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, ComponentHash, Event,
+    InvalidValue, Json, TenantId, Version,
 };
 
 /// Carried into the events' metadata and the log.
@@ -34,9 +34,21 @@ const DEFAULT_EVENTS_PAGE: usize = 100;
 
 pub(super) fn routes() -> Routes {
     Routes::new()
-        .add(Method::POST, "/aggregates/{aggregate_type}/{aggregate_id}/commands/{command_type}", submit)
-        .add(Method::GET, "/aggregates/{aggregate_type}/{aggregate_id}", state)
-        .add(Method::GET, "/aggregates/{aggregate_type}/{aggregate_id}/events", events)
+        .add(
+            Method::POST,
+            "/aggregates/{aggregate_type}/{aggregate_id}/commands/{command_type}",
+            submit,
+        )
+        .add(
+            Method::GET,
+            "/aggregates/{aggregate_type}/{aggregate_id}",
+            state,
+        )
+        .add(
+            Method::GET,
+            "/aggregates/{aggregate_type}/{aggregate_id}/events",
+            events,
+        )
         .add(Method::GET, "/events/stream", stream)
         .add(Method::GET, "/problems/{slug}", problem_doc)
         .add(Method::GET, "/openapi.json", super::openapi)
@@ -46,33 +58,39 @@ pub(super) fn path_error(e: PathRejection) -> ApiError {
     ApiError::BadRequest(format!("path: {}", e.body_text()))
 }
 
-/// Map a body rejection: over the limit is 413, anything else 400.
-pub(super) fn body_error(e: BytesRejection, what: &'static str, limit: usize) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge { what, limit }
-    } else {
-        ApiError::BadRequest(format!("{what}: {}", e.body_text()))
-    }
-}
-
 fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, ApiError> {
     headers
         .get(name)
-        .map(|v| v.to_str().map_err(|_| ApiError::BadRequest(format!("header {name} is not visible ASCII"))))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest(format!("header {name} is not visible ASCII")))
+        })
         .transpose()
 }
 
 fn aggregate(tenant: &TenantId, ty: &str, id: &str) -> Result<AggregateRef, ApiError> {
-    Ok(AggregateRef { tenant: tenant.clone(), aggregate_type: AggregateType::new(ty)?, aggregate_id: id.parse::<AggregateId>()? })
+    Ok(AggregateRef {
+        tenant: tenant.clone(),
+        aggregate_type: AggregateType::new(ty)?,
+        aggregate_id: id.parse::<AggregateId>()?,
+    })
 }
 
 fn check_command_type(t: &str) -> Result<(), InvalidValue> {
-    let bad = |reason: String| InvalidValue { field: "command type", reason };
+    let bad = |reason: String| InvalidValue {
+        field: "command type",
+        reason,
+    };
     if t.is_empty() || t.len() > 128 {
         return Err(bad(format!("must be 1 to 128 bytes long, got {}", t.len())));
     }
-    if let Some(c) = t.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(bad(format!("{t:?} contains {c:?}; only ASCII letters, digits, '-', '_' and '.' are allowed")));
+    if let Some(c) = t
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(bad(format!(
+            "{t:?} contains {c:?}; only ASCII letters, digits, '-', '_' and '.' are allowed"
+        )));
     }
     Ok(())
 }
@@ -80,7 +98,9 @@ fn check_command_type(t: &str) -> Result<(), InvalidValue> {
 fn metadata(headers: &HeaderMap) -> Result<CommandMetadata, ApiError> {
     let correlation_id = match header(headers, CORRELATION_HEADER)? {
         Some(c) if c.is_empty() || c.len() > 256 => {
-            return Err(ApiError::BadRequest(format!("header {CORRELATION_HEADER} must be 1 to 256 characters")));
+            return Err(ApiError::BadRequest(format!(
+                "header {CORRELATION_HEADER} must be 1 to 256 characters"
+            )));
         }
         c => c.map(str::to_owned),
     };
@@ -88,7 +108,10 @@ fn metadata(headers: &HeaderMap) -> Result<CommandMetadata, ApiError> {
     let traceparent = header(headers, TRACEPARENT_HEADER)?
         .filter(|t| crate::telemetry::trace_id(t).is_some())
         .map(|t| t.trim().to_ascii_lowercase());
-    Ok(CommandMetadata { correlation_id, traceparent })
+    Ok(CommandMetadata {
+        correlation_id,
+        traceparent,
+    })
 }
 
 /// The answer to a command.
@@ -114,9 +137,9 @@ fn outcome_label(e: &ServiceError) -> CommandOutcomeLabel {
         ServiceError::Guest(g) if g.is_limit_breach() => L::LimitBreach,
         ServiceError::Guest(_) => L::GuestFault,
         ServiceError::Store(crate::store::StoreError::Unavailable(_)) => L::Unavailable,
-        ServiceError::TenantAccessDenied { .. } | ServiceError::UnknownAggregateType(_) | ServiceError::UnknownAggregate(_) => {
-            L::Refused
-        }
+        ServiceError::TenantAccessDenied { .. }
+        | ServiceError::UnknownAggregateType(_)
+        | ServiceError::UnknownAggregate(_) => L::Refused,
         _ => L::Error,
     }
 }
@@ -124,7 +147,10 @@ fn outcome_label(e: &ServiceError) -> CommandOutcomeLabel {
 fn record_limit_breach(state: &AppState, target: &AggregateRef, e: &ServiceError) {
     if let ServiceError::Guest(g) = e {
         if g.is_limit_breach() {
-            state.0.metrics.limit_breach(&target.aggregate_type, &target.tenant, g.kind());
+            state
+                .0
+                .metrics
+                .limit_breach(&target.aggregate_type, &target.tenant, g.kind());
         }
     }
 }
@@ -134,7 +160,7 @@ async fn submit(
     State(st): State<AppState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let Path((ty, id, command_type)) = path.map_err(path_error)?;
     let tenant = st.0.tenants.resolve(&headers)?;
@@ -146,18 +172,24 @@ async fn submit(
             ApiError::TenantDraining(_) | ApiError::ShuttingDown => CommandOutcomeLabel::Refused,
             _ => CommandOutcomeLabel::Invalid,
         };
-        st.0.metrics.command(&target.aggregate_type, &tenant, label, started.elapsed());
+        st.0.metrics
+            .command(&target.aggregate_type, &tenant, label, started.elapsed());
         e
     };
     check_command_type(&command_type).map_err(|e| refused(e.into()))?;
     let command_id = header(&headers, COMMAND_ID_HEADER)
-        .and_then(|c| c.map(|c| c.parse::<CommandId>().map_err(ApiError::from)).transpose())
+        .and_then(|c| {
+            c.map(|c| c.parse::<CommandId>().map_err(ApiError::from))
+                .transpose()
+        })
         .map_err(&refused)?;
     let expected = header(&headers, EXPECTED_VERSION_HEADER)
         .and_then(|v| {
             v.map(|v| {
                 v.trim().parse::<u64>().map(Version).map_err(|_| {
-                    ApiError::BadRequest(format!("header {EXPECTED_VERSION_HEADER}: {v:?} is not a version number"))
+                    ApiError::BadRequest(format!(
+                        "header {EXPECTED_VERSION_HEADER}: {v:?} is not a version number"
+                    ))
                 })
             })
             .transpose()
@@ -165,31 +197,53 @@ async fn submit(
         .map_err(&refused)?;
     let metadata = metadata(&headers).map_err(&refused)?;
     let limit = st.0.config.max_command_bytes;
-    let body = body.map_err(|e| refused(body_error(e, "command body", limit)))?;
+    let body = super::body::read(body, limit, "command body")
+        .await
+        .map_err(&refused)?;
     let payload = if body.iter().all(u8::is_ascii_whitespace) {
         Json::parse("{}").expect("valid JSON")
     } else {
-        let text = String::from_utf8(body.to_vec()).map_err(|_| refused(ApiError::BadRequest("the body is not UTF-8".into())))?;
-        Json::parse(text).map_err(|e| refused(ApiError::BadRequest(format!("the body is not JSON: {e}"))))?
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| refused(ApiError::BadRequest("the body is not UTF-8".into())))?;
+        Json::parse(text)
+            .map_err(|e| refused(ApiError::BadRequest(format!("the body is not JSON: {e}"))))?
     };
     let in_flight = st.0.tenants.admit(&tenant).map_err(&refused)?;
 
     // The command runs on its own task: a client that hangs up does not cancel it half-way, and
     // drain and shutdown wait for it through `in_flight`.
-    let submit = Submit { command_id, target: target.clone(), command_type, payload, metadata };
+    let submit = Submit {
+        command_id,
+        target: target.clone(),
+        command_type,
+        payload,
+        metadata,
+    };
     let st = st.clone();
     let outcome = tokio::spawn(async move {
         let _in_flight = in_flight;
-        let r = st.0.service.submit_expecting(&target.tenant, submit, expected).await;
+        let r =
+            st.0.service
+                .submit_expecting(&target.tenant, submit, expected)
+                .await;
         let label = match &r {
             Ok(o) if o.duplicate => CommandOutcomeLabel::Duplicate,
             Ok(_) => CommandOutcomeLabel::Accepted,
             Err(e) => {
                 record_limit_breach(&st, &target, e);
+                if let ServiceError::VersionMismatch { .. } = e {
+                    // The service counts append conflicts; a client's stale expectation is one too.
+                    st.0.metrics.conflict(&target);
+                }
                 outcome_label(e)
             }
         };
-        st.0.metrics.command(&target.aggregate_type, &target.tenant, label, started.elapsed());
+        st.0.metrics.command(
+            &target.aggregate_type,
+            &target.tenant,
+            label,
+            started.elapsed(),
+        );
         r
     })
     .await
@@ -217,7 +271,11 @@ async fn state(
     let Path((ty, id)) = path.map_err(path_error)?;
     let tenant = st.0.tenants.resolve(&headers)?;
     let target = aggregate(&tenant, &ty, &id)?;
-    let s = st.0.service.state(&tenant, &target).await.inspect_err(|e| record_limit_breach(&st, &target, e))?;
+    let s =
+        st.0.service
+            .state(&tenant, &target)
+            .await
+            .inspect_err(|e| record_limit_breach(&st, &target, e))?;
     Ok(AxumJson(json!({
         "aggregate_type": target.aggregate_type,
         "aggregate_id": target.aggregate_id,
@@ -248,15 +306,21 @@ async fn events(
     let target = aggregate(&tenant, &ty, &id)?;
     let limit = q.limit.unwrap_or(DEFAULT_EVENTS_PAGE);
     if limit == 0 || limit > MAX_EVENTS_PAGE {
-        return Err(ApiError::BadRequest(format!("query: limit must be 1 to {MAX_EVENTS_PAGE}, got {limit}")));
+        return Err(ApiError::BadRequest(format!(
+            "query: limit must be 1 to {MAX_EVENTS_PAGE}, got {limit}"
+        )));
     }
     let after = Version(q.after.unwrap_or(0));
-    st.0.registry.resolve(&target.aggregate_type).map_err(ServiceError::from)?;
+    st.0.registry
+        .resolve(&target.aggregate_type)
+        .map_err(ServiceError::from)?;
     let events = st.0.service.events(&tenant, &target, after, limit).await?;
     if events.is_empty() && after == Version::INITIAL {
         return Err(ServiceError::UnknownAggregate(target).into());
     }
-    let next_after = (events.len() == limit).then(|| events.last().map(|e| e.version)).flatten();
+    let next_after = (events.len() == limit)
+        .then(|| events.last().map(|e| e.version))
+        .flatten();
     Ok(AxumJson(json!({ "events": events, "next_after": next_after })).into_response())
 }
 
@@ -277,14 +341,24 @@ async fn stream(
     let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
     let tenant = st.0.tenants.resolve(&headers)?;
     let ty = q.aggregate_type.map(AggregateType::new).transpose()?;
-    let id = q.aggregate_id.map(|i| i.parse::<AggregateId>()).transpose()?;
+    let id = q
+        .aggregate_id
+        .map(|i| i.parse::<AggregateId>())
+        .transpose()?;
     if id.is_some() && ty.is_none() {
-        return Err(ApiError::BadRequest("query: aggregate_id needs aggregate_type".into()));
+        return Err(ApiError::BadRequest(
+            "query: aggregate_id needs aggregate_type".into(),
+        ));
     }
     if let Some(ty) = &ty {
         st.0.registry.resolve(ty).map_err(ServiceError::from)?;
     }
-    let events = st.0.service.log().subscribe(&tenant, ty.as_ref()).await.map_err(ServiceError::from)?;
+    let events =
+        st.0.service
+            .log()
+            .subscribe(&tenant, ty.as_ref())
+            .await
+            .map_err(ServiceError::from)?;
     let ready = SseEvent::default().event("ready").data(
         json!({ "tenant_id": tenant.as_str(), "aggregate_type": ty, "aggregate_id": id.map(|i| i.to_string()) }).to_string(),
     );
@@ -313,14 +387,18 @@ async fn stream(
             };
             std::future::ready(Some(sse))
         });
-    let stream = futures::stream::once(std::future::ready(ready)).chain(body).map(Ok).take_until(st.shutdown_signal());
+    let stream = futures::stream::once(std::future::ready(ready))
+        .chain(body)
+        .map(Ok)
+        .take_until(st.shutdown_signal());
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
 /// `GET /problems/{slug}`: what a problem type means.
 async fn problem_doc(path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
     let Path(slug) = path.map_err(path_error)?;
-    let p = ProblemType::from_slug(&slug).ok_or_else(|| ApiError::NoRoute(format!("GET /problems/{slug}")))?;
+    let p = ProblemType::from_slug(&slug)
+        .ok_or_else(|| ApiError::NoRoute(format!("GET /problems/{slug}")))?;
     Ok(AxumJson(json!({
         "type": p.uri(),
         "title": p.title(),

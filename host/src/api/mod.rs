@@ -19,6 +19,7 @@
 //! ```
 
 mod admin;
+mod body;
 pub mod error;
 mod gateway;
 mod server;
@@ -73,7 +74,8 @@ impl AppState {
     /// If the embedded OpenAPI document is not valid YAML (a test guards this).
     pub fn new(host: &Host, metrics: Arc<Metrics>) -> Self {
         host.service.set_observer(metrics.clone());
-        let doc: serde_json::Value = serde_yaml::from_str(OPENAPI_YAML).expect("openapi.yaml is valid YAML");
+        let doc: serde_json::Value =
+            serde_yaml::from_str(OPENAPI_YAML).expect("openapi.yaml is valid YAML");
         let config = host.config.clone();
         Self(Arc::new(Shared {
             tenants: Tenants::new(config.multi_tenant, config.tenants.clone()),
@@ -132,7 +134,10 @@ struct Routes {
 
 impl Routes {
     fn new() -> Self {
-        Self { router: Router::new(), operations: Vec::new() }
+        Self {
+            router: Router::new(),
+            operations: Vec::new(),
+        }
     }
 
     fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
@@ -142,7 +147,10 @@ impl Routes {
     {
         let filter = MethodFilter::try_from(method.clone()).expect("standard method");
         self.router = self.router.route(path, on(filter, handler));
-        self.operations.push(Operation { method: method.to_string(), path: path.to_string() });
+        self.operations.push(Operation {
+            method: method.to_string(),
+            path: path.to_string(),
+        });
         self
     }
 
@@ -167,7 +175,10 @@ pub fn gateway(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.clone(), log_requests::<true>))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            log_requests::<true>,
+        ))
         .with_state(state)
 }
 
@@ -177,13 +188,19 @@ pub fn gateway(state: AppState) -> Router {
 pub fn admin(state: AppState) -> Router {
     let limit = state.0.config.max_component_mb << 20;
     let (protected, open) = admin::routes();
-    let protected = protected.router.route_layer(middleware::from_fn_with_state(state.clone(), admin::require_token));
+    let protected = protected.router.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        admin::require_token,
+    ));
     protected
         .merge(open.router)
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(state.clone(), log_requests::<false>))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            log_requests::<false>,
+        ))
         .with_state(state)
 }
 
@@ -196,18 +213,37 @@ async fn wrong_method(request: Request) -> ApiError {
 }
 
 async fn openapi(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], state.0.openapi.clone()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        state.0.openapi.clone(),
+    )
+        .into_response()
 }
 
 /// A request span carrying tenant, correlation id and trace id; logs 5xx answers with their hidden
 /// detail at `error`, 4xx at `debug`; counts gateway errors per tenant.
-async fn log_requests<const GATEWAY: bool>(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn log_requests<const GATEWAY: bool>(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let headers = request.headers();
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let tenant = text(TENANT_HEADER);
     let correlation_id = text(gateway::CORRELATION_HEADER);
     let traceparent = text("traceparent");
-    let trace_id = traceparent.as_deref().and_then(crate::telemetry::trace_id).map(str::to_owned);
+    let trace_id = traceparent
+        .as_deref()
+        .and_then(crate::telemetry::trace_id)
+        .map(str::to_owned);
     let listener = if GATEWAY { "gateway" } else { "admin" };
     let span = tracing::info_span!(
         "request",
@@ -222,7 +258,10 @@ async fn log_requests<const GATEWAY: bool>(State(state): State<AppState>, reques
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     let ms = started.elapsed().as_secs_f64() * 1e3;
-    let problem = response.extensions().get::<error::ProblemMarker>().map(|p| p.0.slug());
+    let problem = response
+        .extensions()
+        .get::<error::ProblemMarker>()
+        .map(|p| p.0.slug());
     if let Some(detail) = response.extensions().get::<error::HiddenDetail>() {
         tracing::error!(parent: &span, status = status.as_u16(), ms, problem, error = %detail.0, "request failed");
     } else if status.is_client_error() {
@@ -231,7 +270,10 @@ async fn log_requests<const GATEWAY: bool>(State(state): State<AppState>, reques
         tracing::debug!(parent: &span, status = status.as_u16(), ms, "request served");
     }
     if let (true, Some(problem)) = (GATEWAY, problem) {
-        state.0.metrics.tenant_error(state.0.tenants.metric_label(tenant.as_deref()), problem);
+        state
+            .0
+            .metrics
+            .tenant_error(state.0.tenants.metric_label(tenant.as_deref()), problem);
     }
     response
 }

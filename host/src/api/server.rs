@@ -33,11 +33,16 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
     let (gateway_addr, admin_addr) = (config.gateway_listen, config.admin_listen);
     let host = Host::open(config).await?;
     let state = AppState::new(&host, Metrics::new());
-    let gateway_listener =
-        tokio::net::TcpListener::bind(gateway_addr).await.with_context(|| format!("bind gateway_listen {gateway_addr}"))?;
-    let admin_listener =
-        tokio::net::TcpListener::bind(admin_addr).await.with_context(|| format!("bind admin_listen {admin_addr}"))?;
-    let bound = Bound { gateway: gateway_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    let gateway_listener = tokio::net::TcpListener::bind(gateway_addr)
+        .await
+        .with_context(|| format!("bind gateway_listen {gateway_addr}"))?;
+    let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("bind admin_listen {admin_addr}"))?;
+    let bound = Bound {
+        gateway: gateway_listener.local_addr()?,
+        admin: admin_listener.local_addr()?,
+    };
     tracing::info!(
         gateway = %bound.gateway,
         admin = %bound.admin,
@@ -51,14 +56,19 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
         let state = state.clone();
         tokio::spawn(async move {
             let signal = termination().await;
-            tracing::info!(signal, "shutting down: refusing new commands, finishing those in flight");
+            tracing::info!(
+                signal,
+                "shutting down: refusing new commands, finishing those in flight"
+            );
             state.begin_shutdown();
         });
     }
-    let gateway_server =
-        axum::serve(gateway_listener, gateway(state.clone())).with_graceful_shutdown(state.shutdown_signal());
-    let admin_server = axum::serve(admin_listener, admin(state.clone())).with_graceful_shutdown(state.shutdown_signal());
-    let servers = async { tokio::try_join!(gateway_server.into_future(), admin_server.into_future()) };
+    let gateway_server = axum::serve(gateway_listener, gateway(state.clone()))
+        .with_graceful_shutdown(state.shutdown_signal());
+    let admin_server = axum::serve(admin_listener, admin(state.clone()))
+        .with_graceful_shutdown(state.shutdown_signal());
+    let servers =
+        async { tokio::try_join!(gateway_server.into_future(), admin_server.into_future()) };
     let deadline = {
         let stopping = state.shutdown_signal();
         async move {

@@ -63,7 +63,12 @@ impl Drop for InFlight {
 impl Tenants {
     /// `hosted` empty means every tenant is served.
     pub fn new(multi_tenant: bool, hosted: Vec<TenantId>) -> Self {
-        Self { multi_tenant, hosted, gates: Mutex::default(), shutting_down: AtomicBool::new(false) }
+        Self {
+            multi_tenant,
+            hosted,
+            gates: Mutex::default(),
+            shutting_down: AtomicBool::new(false),
+        }
     }
 
     fn gate(&self, tenant: &TenantId) -> Arc<Gate> {
@@ -82,7 +87,9 @@ impl Tenants {
             None if self.multi_tenant => return Err(ApiError::MissingTenant),
             None => TenantId::single(),
             Some(v) => {
-                let v = v.to_str().map_err(|_| ApiError::BadRequest("x-tenant-id is not visible ASCII".into()))?;
+                let v = v
+                    .to_str()
+                    .map_err(|_| ApiError::BadRequest("x-tenant-id is not visible ASCII".into()))?;
                 let t = TenantId::new(v)?;
                 if t.is_single() && self.multi_tenant {
                     return Err(ApiError::MissingTenant);
@@ -93,7 +100,9 @@ impl Tenants {
         if !tenant.is_single() && !self.hosted.is_empty() && !self.hosted.contains(&tenant) {
             return Err(ApiError::TenantNotHosted(tenant));
         }
-        self.gate(&tenant).last_activity.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        self.gate(&tenant)
+            .last_activity
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
         Ok(tenant)
     }
 
@@ -160,7 +169,11 @@ impl Tenants {
         let gates: Vec<Arc<Gate>> = self.gates.lock().values().cloned().collect();
         let mut left = 0;
         for g in gates {
-            left += wait_idle(&g, deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+            left += wait_idle(
+                &g,
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+            )
+            .await;
         }
         left
     }
@@ -171,7 +184,17 @@ impl Tenants {
         let mut out: BTreeMap<TenantId, TenantStatus> = self
             .hosted
             .iter()
-            .map(|t| (t.clone(), TenantStatus { tenant: t.clone(), in_flight: 0, draining: false, last_activity: None }))
+            .map(|t| {
+                (
+                    t.clone(),
+                    TenantStatus {
+                        tenant: t.clone(),
+                        in_flight: 0,
+                        draining: false,
+                        last_activity: None,
+                    },
+                )
+            })
             .collect();
         for (t, g) in gates.iter() {
             let ms = g.last_activity.load(Ordering::Relaxed);
@@ -181,7 +204,9 @@ impl Tenants {
                     tenant: t.clone(),
                     in_flight: g.in_flight.load(Ordering::SeqCst),
                     draining: g.draining.load(Ordering::SeqCst),
-                    last_activity: (ms > 0).then(|| DateTime::from_timestamp_millis(ms)).flatten(),
+                    last_activity: (ms > 0)
+                        .then(|| DateTime::from_timestamp_millis(ms))
+                        .flatten(),
                 },
             );
         }
@@ -223,13 +248,31 @@ mod tests {
     fn resolves_by_mode_and_hosted_list() {
         let single = Tenants::new(false, vec![]);
         assert!(single.resolve(&headers(None)).unwrap().is_single());
-        assert_eq!(single.resolve(&headers(Some("acme"))).unwrap().as_str(), "acme");
-        assert!(matches!(single.resolve(&headers(Some("a.b"))), Err(ApiError::Invalid(_))));
+        assert_eq!(
+            single.resolve(&headers(Some("acme"))).unwrap().as_str(),
+            "acme"
+        );
+        assert!(matches!(
+            single.resolve(&headers(Some("a.b"))),
+            Err(ApiError::Invalid(_))
+        ));
         let multi = Tenants::new(true, vec![TenantId::new("acme").unwrap()]);
-        assert!(matches!(multi.resolve(&headers(None)), Err(ApiError::MissingTenant)));
-        assert!(matches!(multi.resolve(&headers(Some(""))), Err(ApiError::MissingTenant)));
-        assert!(matches!(multi.resolve(&headers(Some("globex"))), Err(ApiError::TenantNotHosted(_))));
-        assert_eq!(multi.resolve(&headers(Some("acme"))).unwrap().as_str(), "acme");
+        assert!(matches!(
+            multi.resolve(&headers(None)),
+            Err(ApiError::MissingTenant)
+        ));
+        assert!(matches!(
+            multi.resolve(&headers(Some(""))),
+            Err(ApiError::MissingTenant)
+        ));
+        assert!(matches!(
+            multi.resolve(&headers(Some("globex"))),
+            Err(ApiError::TenantNotHosted(_))
+        ));
+        assert_eq!(
+            multi.resolve(&headers(Some("acme"))).unwrap().as_str(),
+            "acme"
+        );
         let s = multi.statuses();
         assert_eq!(s.len(), 1);
         assert!(s[0].last_activity.is_some());
@@ -245,8 +288,14 @@ mod tests {
             tokio::spawn(async move { tenants.drain(&t, Duration::from_secs(5)).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!drain.is_finished(), "drain must wait for the command in flight");
-        assert!(matches!(tenants.admit(&t), Err(ApiError::TenantDraining(_))));
+        assert!(
+            !drain.is_finished(),
+            "drain must wait for the command in flight"
+        );
+        assert!(matches!(
+            tenants.admit(&t),
+            Err(ApiError::TenantDraining(_))
+        ));
         drop(running);
         assert_eq!(drain.await.unwrap(), 0);
         // Other tenants are unaffected; a resumed tenant is admitted again.
@@ -262,7 +311,10 @@ mod tests {
         let _running = tenants.admit(&t).unwrap();
         assert_eq!(tenants.drain(&t, Duration::from_millis(30)).await, 1);
         tenants.begin_shutdown();
-        assert!(matches!(tenants.admit(&TenantId::new("x").unwrap()), Err(ApiError::ShuttingDown)));
+        assert!(matches!(
+            tenants.admit(&TenantId::new("x").unwrap()),
+            Err(ApiError::ShuttingDown)
+        ));
         assert_eq!(tenants.wait_all_idle(Duration::from_millis(10)).await, 1);
     }
 }

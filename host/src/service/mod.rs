@@ -410,6 +410,8 @@ impl CommandService {
     async fn load(&self, aggregate: &AggregateRef, active: &ActiveComponent, freshness: Freshness) -> Result<AggregateState> {
         let trust_other = active.snapshot_policy == SnapshotPolicy::Trust;
         let cached = self.cache.get(aggregate).filter(|c| c.component == active.component || trust_other);
+        self.observe(|o| o.hot_cache(aggregate, cached.is_some()));
+        let started = std::time::Instant::now();
         let base = match cached {
             Some(c) => {
                 if freshness == Freshness::Cached || self.log.version(aggregate).await? == c.version {
@@ -433,6 +435,7 @@ impl CommandService {
         let limits = active.limits.clone();
         let isolation = active.isolation;
         let version = events.last().map_or(after, |e| e.version);
+        let folded = events.len();
         let state = tokio::task::spawn_blocking(move || {
             runtime.with_instance(&instance, &limits, isolation, |g| {
                 let base = match base {
@@ -444,6 +447,7 @@ impl CommandService {
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("rehydration task: {e}")))??;
+        self.observe(|o| o.rehydrated(aggregate, started.elapsed(), folded));
         self.cache.put(aggregate.clone(), Cached { version, state: state.clone(), component: active.component });
         Ok(AggregateState { version, state, component: active.component })
     }

@@ -36,6 +36,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -97,7 +98,29 @@ impl std::fmt::Debug for EmbeddedLog {
     }
 }
 
+/// Counters of the committer, for metrics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmbeddedStats {
+    /// Write batches persisted (one fsync each).
+    pub batches: u64,
+    /// Commits written (not counting duplicates and conflicts).
+    pub commits: u64,
+    /// Time the committer spent validating and preparing batches, in microseconds.
+    pub prepare_micros: u64,
+    /// Time the committer spent writing and persisting batches, in microseconds.
+    pub persist_micros: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    commits: AtomicU64,
+    prepare_micros: AtomicU64,
+    persist_micros: AtomicU64,
+}
+
 struct Shared {
+    counters: Counters,
     db: Database,
     events: Keyspace,
     heads: Keyspace,
@@ -106,7 +129,8 @@ struct Shared {
 }
 
 enum Request {
-    Append(Commit, oneshot::Sender<Result<Appended>>),
+    /// The commit, its events already serialized (by the caller's task, off the committer thread).
+    Append(Commit, Vec<Vec<u8>>, oneshot::Sender<Result<Appended>>),
     Flush(oneshot::Sender<Result<()>>),
     Shutdown,
 }
@@ -167,6 +191,7 @@ impl EmbeddedLog {
                 .map_err(fjall_err)
         };
         let shared = Arc::new(Shared {
+            counters: Counters::default(),
             events: ks("events")?,
             heads: ks("heads")?,
             commands: ks("commands")?,
@@ -205,6 +230,17 @@ impl EmbeddedLog {
             published,
             path,
         })
+    }
+
+    /// The committer's counters since the log was opened.
+    pub fn stats(&self) -> EmbeddedStats {
+        let c = &self.shared.counters;
+        EmbeddedStats {
+            batches: c.batches.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
+            prepare_micros: c.prepare_micros.load(Ordering::Relaxed),
+            persist_micros: c.persist_micros.load(Ordering::Relaxed),
+        }
     }
 
     /// The directory the log lives in.
@@ -327,7 +363,7 @@ enum Outcome {
 
 impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Request>) {
-        let mut batch: Vec<(Commit, Waiter)> = Vec::with_capacity(self.max_batch);
+        let mut batch: Vec<(Commit, Vec<Vec<u8>>, Waiter)> = Vec::with_capacity(self.max_batch);
         loop {
             let Ok(first) = rx.recv() else { return };
             // `Some(_)` once a flush or shutdown was seen: finish what came before it, then stop.
@@ -335,7 +371,7 @@ impl Committer {
             let mut next = Some(first);
             while let Some(req) = next.take() {
                 match req {
-                    Request::Append(commit, tx) => batch.push((commit, tx)),
+                    Request::Append(commit, encoded, tx) => batch.push((commit, encoded, tx)),
                     Request::Flush(tx) => stop = Some(Some(tx)),
                     Request::Shutdown => stop = Some(None),
                 }
@@ -358,7 +394,7 @@ impl Committer {
                 // Refuse whatever was queued behind the flush; later sends fail (receiver dropped).
                 while let Ok(req) = rx.try_recv() {
                     match req {
-                        Request::Append(_, tx) => {
+                        Request::Append(_, _, tx) => {
                             let _ = tx.send(Err(closed()));
                         }
                         Request::Flush(tx) => {
@@ -388,17 +424,18 @@ impl Committer {
         self.heads.insert(akey, version);
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<(Commit, Waiter)>) {
+    fn commit_batch(&mut self, batch: &mut Vec<(Commit, Vec<Vec<u8>>, Waiter)>) {
         let shared = self.shared.clone();
         let mut wb = shared.db.batch().durability(Some(self.mode));
         let start_position = self.position;
+        let started = std::time::Instant::now();
         // Heads written by this batch (applied to the cache only once it is persisted).
         let mut overlay: HashMap<Vec<u8>, u64> = HashMap::new();
         // Command keys written by this batch → index.
         let mut in_batch: HashMap<Vec<u8>, usize> = HashMap::new();
         let mut outcomes: Vec<(Waiter, Outcome)> = Vec::with_capacity(batch.len());
 
-        for (i, (commit, waiter)) in batch.drain(..).enumerate() {
+        for (i, (commit, encoded, waiter)) in batch.drain(..).enumerate() {
             let ckey = command_key(&commit.aggregate.tenant, &commit.command_id);
             if let Some(&j) = in_batch.get(&ckey) {
                 outcomes.push((waiter, Outcome::SameAs(j)));
@@ -436,23 +473,6 @@ impl Committer {
                 outcomes.push((waiter, Outcome::Done(Err(err))));
                 continue;
             }
-            let mut encoded = Vec::with_capacity(commit.events.len());
-            let mut failed = None;
-            for event in &commit.events {
-                match serde_json::to_vec(event) {
-                    Ok(v) => encoded.push((event_key(&akey, event.version.0), v)),
-                    Err(e) => {
-                        failed = Some(StoreError::InvalidCommit(format!(
-                            "event cannot be serialized: {e}"
-                        )));
-                        break;
-                    }
-                }
-            }
-            if let Some(e) = failed {
-                outcomes.push((waiter, Outcome::Done(Err(e))));
-                continue;
-            }
             let version = commit.next_version();
             let record = CommandRecord {
                 aggregate: commit.aggregate.clone(),
@@ -471,8 +491,8 @@ impl Committer {
                 }
             };
             self.position += 1;
-            for (k, v) in encoded {
-                wb.insert(&shared.events, k, v);
+            for (event, bytes) in commit.events.iter().zip(encoded) {
+                wb.insert(&shared.events, event_key(&akey, event.version.0), bytes);
             }
             wb.insert(&shared.heads, akey.clone(), version.0.to_be_bytes());
             wb.insert(&shared.commands, ckey.clone(), record);
@@ -490,12 +510,24 @@ impl Committer {
             ));
         }
 
+        let prepared = std::time::Instant::now();
         let persisted = if self.position == start_position {
             Ok(())
         } else {
             wb.insert(&shared.meta, POSITION_KEY, self.position.to_be_bytes());
             wb.commit().map_err(fjall_err)
         };
+        let c = &shared.counters;
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        c.prepare_micros
+            .fetch_add(micros(prepared - started), Ordering::Relaxed);
+        c.persist_micros
+            .fetch_add(micros(prepared.elapsed()), Ordering::Relaxed);
+        if persisted.is_ok() && self.position != start_position {
+            c.batches.fetch_add(1, Ordering::Relaxed);
+            c.commits
+                .fetch_add(self.position - start_position, Ordering::Relaxed);
+        }
 
         if let Err(e) = &persisted {
             tracing::error!(error = %e, "event log batch failed; every commit in it is refused");
@@ -560,9 +592,15 @@ impl EventLog for EmbeddedLog {
 
     async fn append(&self, commit: Commit) -> Result<Appended> {
         commit.validate()?;
+        let encoded = commit
+            .events
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::InvalidCommit(format!("event cannot be serialized: {e}")))?;
         let (tx, rx) = oneshot::channel();
         self.requests
-            .send(Request::Append(commit, tx))
+            .send(Request::Append(commit, encoded, tx))
             .map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
     }

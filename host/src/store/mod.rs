@@ -17,7 +17,7 @@ pub mod jetstream;
 mod keys;
 pub mod snapshots;
 
-pub use embedded::{EmbeddedConfig, EmbeddedLog};
+pub use embedded::{EmbeddedConfig, EmbeddedLog, EmbeddedStats};
 pub use jetstream::{JetStreamConfig, JetStreamLog};
 pub use snapshots::SnapshotStore;
 

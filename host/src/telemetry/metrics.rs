@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::runtime::RuntimeStats;
@@ -111,12 +112,17 @@ impl Metrics {
         let secs = |from: f64, n: usize| exponential_buckets(from, 2.0, n).expect("valid buckets");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid histogram");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid histogram");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
         let commands = counter(
@@ -170,7 +176,9 @@ impl Metrics {
             .buckets(secs(0.01, 12)),
         )
         .expect("valid histogram");
-        registry.register(Box::new(compile.clone())).expect("unique metric");
+        registry
+            .register(Box::new(compile.clone()))
+            .expect("unique metric");
         let deploys = counter(
             "aggregate_component_deploys_total",
             "Component uploads, by aggregate type and outcome.",
@@ -204,20 +212,34 @@ impl Metrics {
     }
 
     /// Count a command and its duration.
-    pub fn command(&self, ty: &AggregateType, tenant: &TenantId, outcome: CommandOutcomeLabel, elapsed: Duration) {
+    pub fn command(
+        &self,
+        ty: &AggregateType,
+        tenant: &TenantId,
+        outcome: CommandOutcomeLabel,
+        elapsed: Duration,
+    ) {
         let t = tenant_label(tenant);
-        self.commands.with_label_values(&[ty.as_str(), t, outcome.as_str()]).inc();
-        self.command_duration.with_label_values(&[ty.as_str(), t]).observe(elapsed.as_secs_f64());
+        self.commands
+            .with_label_values(&[ty.as_str(), t, outcome.as_str()])
+            .inc();
+        self.command_duration
+            .with_label_values(&[ty.as_str(), t])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Count a limit breach of kind `kind` (`fuel`, `memory`, `timeout`, ...).
     pub fn limit_breach(&self, ty: &AggregateType, tenant: &TenantId, kind: &str) {
-        self.limit_breaches.with_label_values(&[ty.as_str(), tenant_label(tenant), kind]).inc();
+        self.limit_breaches
+            .with_label_values(&[ty.as_str(), tenant_label(tenant), kind])
+            .inc();
     }
 
     /// Count an error answer to a tenant's request (`tenant` is a label value, see [`tenant_label`]).
     pub fn tenant_error(&self, tenant: &str, problem: &str) {
-        self.tenant_errors.with_label_values(&[tenant, problem]).inc();
+        self.tenant_errors
+            .with_label_values(&[tenant, problem])
+            .inc();
     }
 
     /// Record a component compile.
@@ -227,7 +249,9 @@ impl Metrics {
 
     /// Count a component upload (`outcome`: `deployed`, `unchanged`, or a problem type).
     pub fn deploy(&self, ty: &AggregateType, outcome: &str) {
-        self.deploys.with_label_values(&[ty.as_str(), outcome]).inc();
+        self.deploys
+            .with_label_values(&[ty.as_str(), outcome])
+            .inc();
     }
 
     /// Bring the runtime-wide counters up to `stats` (called before each scrape).
@@ -238,38 +262,69 @@ impl Metrics {
                 c.inc_by(total - now);
             }
         }
-        catch_up(&self.component_cache.with_label_values(&["compiled"]), stats.compiles);
-        catch_up(&self.component_cache.with_label_values(&["artifact"]), stats.artifact_loads);
-        catch_up(&self.instance_pool.with_label_values(&["hit"]), stats.pool_hits);
-        catch_up(&self.instance_pool.with_label_values(&["miss"]), stats.instantiations);
+        catch_up(
+            &self.component_cache.with_label_values(&["compiled"]),
+            stats.compiles,
+        );
+        catch_up(
+            &self.component_cache.with_label_values(&["artifact"]),
+            stats.artifact_loads,
+        );
+        catch_up(
+            &self.instance_pool.with_label_values(&["hit"]),
+            stats.pool_hits,
+        );
+        catch_up(
+            &self.instance_pool.with_label_values(&["miss"]),
+            stats.instantiations,
+        );
     }
 
     /// Everything in the Prometheus text format.
     pub fn render(&self) -> String {
-        TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_else(|e| format!("# encode error: {e}\n"))
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encode error: {e}\n"))
     }
 }
 
 impl ServiceObserver for Metrics {
     fn decided(&self, aggregate: &AggregateRef, fuel: u64) {
         self.decide_fuel
-            .with_label_values(&[aggregate.aggregate_type.as_str(), tenant_label(&aggregate.tenant)])
+            .with_label_values(&[
+                aggregate.aggregate_type.as_str(),
+                tenant_label(&aggregate.tenant),
+            ])
             .observe(fuel as f64);
     }
 
     fn hot_cache(&self, aggregate: &AggregateRef, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
-        self.hot_cache.with_label_values(&[aggregate.aggregate_type.as_str(), tenant_label(&aggregate.tenant), result]).inc();
+        self.hot_cache
+            .with_label_values(&[
+                aggregate.aggregate_type.as_str(),
+                tenant_label(&aggregate.tenant),
+                result,
+            ])
+            .inc();
     }
 
     fn rehydrated(&self, aggregate: &AggregateRef, elapsed: Duration, _events: usize) {
         self.rehydration
-            .with_label_values(&[aggregate.aggregate_type.as_str(), tenant_label(&aggregate.tenant)])
+            .with_label_values(&[
+                aggregate.aggregate_type.as_str(),
+                tenant_label(&aggregate.tenant),
+            ])
             .observe(elapsed.as_secs_f64());
     }
 
     fn conflict(&self, aggregate: &AggregateRef) {
-        self.conflicts.with_label_values(&[aggregate.aggregate_type.as_str(), tenant_label(&aggregate.tenant)]).inc();
+        self.conflicts
+            .with_label_values(&[
+                aggregate.aggregate_type.as_str(),
+                tenant_label(&aggregate.tenant),
+            ])
+            .inc();
     }
 }
 
@@ -283,14 +338,36 @@ mod tests {
         let m = Metrics::new();
         let ty = AggregateType::new("bank-account").unwrap();
         let acme = TenantId::new("acme").unwrap();
-        m.command(&ty, &acme, CommandOutcomeLabel::Accepted, Duration::from_millis(3));
-        m.command(&ty, &TenantId::single(), CommandOutcomeLabel::Rejected, Duration::from_millis(1));
-        let agg = AggregateRef { tenant: acme.clone(), aggregate_type: ty.clone(), aggregate_id: AggregateId::generate() };
+        m.command(
+            &ty,
+            &acme,
+            CommandOutcomeLabel::Accepted,
+            Duration::from_millis(3),
+        );
+        m.command(
+            &ty,
+            &TenantId::single(),
+            CommandOutcomeLabel::Rejected,
+            Duration::from_millis(1),
+        );
+        let agg = AggregateRef {
+            tenant: acme.clone(),
+            aggregate_type: ty.clone(),
+            aggregate_id: AggregateId::generate(),
+        };
         m.decided(&agg, 12_345);
         m.conflict(&agg);
         m.limit_breach(&ty, &acme, "fuel");
-        m.sync_runtime(&RuntimeStats { compiles: 2, pool_hits: 5, ..Default::default() });
-        m.sync_runtime(&RuntimeStats { compiles: 3, pool_hits: 5, ..Default::default() });
+        m.sync_runtime(&RuntimeStats {
+            compiles: 2,
+            pool_hits: 5,
+            ..Default::default()
+        });
+        m.sync_runtime(&RuntimeStats {
+            compiles: 3,
+            pool_hits: 5,
+            ..Default::default()
+        });
         let text = m.render();
         for needle in [
             r#"aggregate_commands_total{aggregate_type="bank-account",outcome="accepted",tenant_id="acme"} 1"#,

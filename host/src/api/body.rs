@@ -1,0 +1,96 @@
+//! Reading request bodies with a size limit, draining what is over it.
+//!
+//! An HTTP/1.1 server that answers before reading the whole request body and then closes the
+//! connection makes the client's kernel see a reset, and most clients then lose the answer (a
+//! 413 or 401 becomes "connection reset"). So bodies over the limit, and bodies of refused
+//! requests, are read to the end and dropped — up to a cap, past which the connection is given up.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use futures::StreamExt;
+
+use super::ApiError;
+
+/// How long a body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most bytes drained from a body over its limit.
+fn drain_cap(limit: usize) -> usize {
+    limit.saturating_mul(2).max(limit.saturating_add(1 << 20))
+}
+
+/// Read at most `limit` bytes.
+///
+/// # Errors
+///
+/// [`ApiError::PayloadTooLarge`] naming `what` when the body is longer; [`ApiError::BadRequest`]
+/// when it breaks off or takes longer than a minute.
+pub(super) async fn read(body: Body, limit: usize, what: &'static str) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut total = 0usize;
+    let cap = drain_cap(limit);
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("{what}: {e}")))?;
+            total += chunk.len();
+            if total <= limit {
+                buf.extend_from_slice(&chunk);
+            } else if total > cap {
+                break;
+            }
+        }
+        Ok::<_, ApiError>(())
+    };
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "{what}: not received within {} s",
+                BODY_TIMEOUT.as_secs()
+            ))
+        })??;
+    if total > limit {
+        return Err(ApiError::PayloadTooLarge { what, limit });
+    }
+    Ok(buf.into())
+}
+
+/// Read and drop a refused request's body (at most `limit` bytes, a few seconds).
+pub(super) async fn discard(body: Body, limit: usize) {
+    let mut stream = body.into_data_stream();
+    let mut total = 0usize;
+    let drain = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            total += chunk.len();
+            if total > limit {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_within_the_limit_and_refuses_beyond_it() {
+        assert_eq!(read(Body::from("hello"), 5, "body").await.unwrap(), "hello");
+        let e = read(Body::from("hello!"), 5, "command body")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ApiError::PayloadTooLarge {
+                    what: "command body",
+                    limit: 5
+                }
+            ),
+            "{e}"
+        );
+    }
+}
