@@ -308,11 +308,7 @@ impl Runtime {
                 .max_core_instances_per_component(64)
                 .max_component_instance_size(1 << 20)
                 .max_core_instance_size(1 << 20)
-                .table_elements(100_000)
-                // Reset a recycled slot with memset instead of madvise: a fresh instance then
-                // does not page-fault its first pages back in.
-                .linear_memory_keep_resident(1 << 20)
-                .table_keep_resident(64 << 10);
+                .table_elements(100_000);
             c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
         }
         let engine = Engine::new(&c)?;
