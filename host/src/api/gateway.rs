@@ -219,23 +219,35 @@ async fn submit(
         payload,
         metadata,
     };
-    let outcome = {
+    let st = st.clone();
+    let outcome = tokio::spawn(async move {
         let _in_flight = in_flight;
-        let r = st.0.service.submit_expecting(&target.tenant, submit, expected).await;
+        let r =
+            st.0.service
+                .submit_expecting(&target.tenant, submit, expected)
+                .await;
         let label = match &r {
             Ok(o) if o.duplicate => CommandOutcomeLabel::Duplicate,
             Ok(_) => CommandOutcomeLabel::Accepted,
             Err(e) => {
                 record_limit_breach(&st, &target, e);
                 if let ServiceError::VersionMismatch { .. } = e {
+                    // The service counts append conflicts; a client's stale expectation is one too.
                     st.0.metrics.conflict(&target);
                 }
                 outcome_label(e)
             }
         };
-        st.0.metrics.command(&target.aggregate_type, &target.tenant, label, started.elapsed());
-        r?
-    };
+        st.0.metrics.command(
+            &target.aggregate_type,
+            &target.tenant,
+            label,
+            started.elapsed(),
+        );
+        r
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("command task: {e}")))??;
 
     let body = CommandResponse {
         command_id: outcome.command_id,
