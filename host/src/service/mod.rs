@@ -289,10 +289,17 @@ impl CommandService {
         if &submit.target.tenant != caller {
             return Err(ServiceError::TenantAccessDenied { caller: caller.clone(), target: submit.target.tenant.clone() });
         }
-        let command_id = submit.command_id.unwrap_or_else(CommandId::generate);
-        if let Some(done) = self.log.find_command(caller, &command_id).await? {
-            return Ok(duplicate(command_id, done));
-        }
+        // Only a caller-supplied id can repeat; a generated one is new by construction, so the
+        // lookup (a round trip on JetStream) is skipped. The append deduplicates regardless.
+        let command_id = match submit.command_id {
+            Some(id) => {
+                if let Some(done) = self.log.find_command(caller, &id).await? {
+                    return Ok(duplicate(id, done));
+                }
+                id
+            }
+            None => CommandId::generate(),
+        };
         let active = self.registry.resolve(&submit.target.aggregate_type)?;
         let command = Command {
             command_id,

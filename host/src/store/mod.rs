@@ -155,7 +155,8 @@ pub trait EventLog: Send + Sync + 'static {
         command_id: &CommandId,
     ) -> Result<Option<Appended>>;
 
-    /// The aggregates a tenant has events for.
+    /// The aggregates a tenant has events for, or has recorded a command for (a command that
+    /// produced no events is still recorded, for idempotency).
     async fn list_aggregates(&self, tenant: &TenantId)
         -> Result<Vec<(AggregateType, AggregateId)>>;
 
