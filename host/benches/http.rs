@@ -9,6 +9,8 @@
 //! time per command** (utime + stime of the serving process from `/proc`, divided by the commands):
 //! the cost the host pays. The client shares the same two cores with the server, so HTTP
 //! throughput is bounded by client + server; the CPU column isolates what HTTP adds to the host.
+//! An **http-floor** row measures a trivial `GET /problems/version-conflict` on the same server
+//! (32 writers): what HTTP/1.1 on loopback costs before any command work.
 //!
 //! Bounded: each row stops after `BENCH_SECS` seconds (default 5) or 200,000 commands. Traffic
 //! goes to 127.0.0.1 only; the JetStream rows start their own nats-server on loopback (skipped
@@ -31,13 +33,20 @@ use aggregate_host::client::Client;
 use aggregate_host::config::Config;
 use aggregate_host::service::Submit;
 use aggregate_host::telemetry::Metrics;
-use aggregate_host::types::{AggregateId, AggregateRef, AggregateType, CommandMetadata, Json, TenantId};
+use aggregate_host::types::{
+    AggregateId, AggregateRef, AggregateType, CommandMetadata, Json, TenantId,
+};
 
 const MAX_COMMANDS: usize = 200_000;
 const WRITERS: [usize; 2] = [1, 32];
 
 fn secs() -> Duration {
-    Duration::from_secs(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5))
+    Duration::from_secs(
+        std::env::var("BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
+    )
 }
 
 /// CPU time (user + system) a process has used so far.
@@ -84,7 +93,8 @@ where
         let (op, issued) = (op.clone(), issued.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < MAX_COMMANDS {
+            while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < MAX_COMMANDS
+            {
                 let t = Instant::now();
                 op(id).await;
                 latencies.push(t.elapsed());
@@ -119,33 +129,65 @@ fn fresh_ids() -> Vec<AggregateId> {
 /// The service layer in this process.
 async fn service_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
     let dir = tempfile::tempdir().expect("temp dir");
-    let host = Host::open(Config { data_dir: dir.path().to_path_buf(), nats_url, ..Config::default() }).await.expect("host");
+    let host = Host::open(Config {
+        data_dir: dir.path().to_path_buf(),
+        nats_url,
+        ..Config::default()
+    })
+    .await
+    .expect("host");
     let ty = AggregateType::new("bank-account").unwrap();
-    host.registry.deploy(&ty, &std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(), None).expect("deploy");
+    host.registry
+        .deploy(
+            &ty,
+            &std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(),
+            None,
+        )
+        .expect("deploy");
     // The same metrics the server records, so both layers pay for them.
     host.service.set_observer(Metrics::new());
     let service = host.service.clone();
     let submit = move |id: AggregateId, command_type: &str, payload: &str| Submit {
         command_id: None,
-        target: AggregateRef { tenant: TenantId::single(), aggregate_type: ty.clone(), aggregate_id: id },
+        target: AggregateRef {
+            tenant: TenantId::single(),
+            aggregate_type: ty.clone(),
+            aggregate_id: id,
+        },
         command_type: command_type.into(),
         payload: Json::parse(payload).unwrap(),
         metadata: CommandMetadata::default(),
     };
     let ids = fresh_ids();
     for id in &ids {
-        service.submit(&TenantId::single(), submit(*id, "open", r#"{"owner":"bench"}"#)).await.expect("open");
+        service
+            .submit(
+                &TenantId::single(),
+                submit(*id, "open", r#"{"owner":"bench"}"#),
+            )
+            .await
+            .expect("open");
     }
     let mut rows = Vec::new();
     for writers in WRITERS {
         let (service, submit) = (service.clone(), submit.clone());
         rows.push(
-            closed_loop("service", log, std::process::id(), &ids, writers, move |id| {
-                let (service, s) = (service.clone(), submit(id, "deposit", r#"{"amount":1}"#));
-                async move {
-                    service.submit(&TenantId::single(), s).await.expect("deposit");
-                }
-            })
+            closed_loop(
+                "service",
+                log,
+                std::process::id(),
+                &ids,
+                writers,
+                move |id| {
+                    let (service, s) = (service.clone(), submit(id, "deposit", r#"{"amount":1}"#));
+                    async move {
+                        service
+                            .submit(&TenantId::single(), s)
+                            .await
+                            .expect("deposit");
+                    }
+                },
+            )
             .await,
         );
     }
@@ -169,22 +211,50 @@ async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
     }
     let mut child: Child = cmd.spawn().expect("start aggregate-host");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("listening line");
-    let field = |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).expect("address").to_string();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("listening line");
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .expect("address")
+            .to_string()
+    };
     let client = Client::new(field("gateway="), field("admin="));
-    client.deploy("bank-account", std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap()).await.expect("deploy");
+    client
+        .deploy(
+            "bank-account",
+            std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(),
+        )
+        .await
+        .expect("deploy");
     let ids = fresh_ids();
     for id in &ids {
-        client.send("bank-account", &id.to_string(), "open", &serde_json::json!({"owner": "bench"})).await.expect("open");
+        client
+            .send(
+                "bank-account",
+                &id.to_string(),
+                "open",
+                &serde_json::json!({"owner": "bench"}),
+            )
+            .await
+            .expect("open");
     }
-    let http = reqwest::Client::builder().pool_max_idle_per_host(256).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
     let base = client.gateway_url().to_string();
     let mut rows = Vec::new();
     for writers in WRITERS {
         let (http, base) = (http.clone(), base.clone());
         rows.push(
             closed_loop("http", log, child.id(), &ids, writers, move |id| {
-                let request = http.post(format!("{base}/aggregates/bank-account/{id}/commands/deposit")).body(r#"{"amount":1}"#);
+                let request = http
+                    .post(format!(
+                        "{base}/aggregates/bank-account/{id}/commands/deposit"
+                    ))
+                    .body(r#"{"amount":1}"#);
                 async move {
                     let r = request.send().await.expect("request");
                     assert!(r.status().is_success(), "{}", r.status());
@@ -194,19 +264,28 @@ async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
             .await,
         );
     }
-    if std::env::var_os("BENCH_FLOOR").is_some() {
+    // The floor: a trivial GET through the same server, middleware and connections.
+    {
         let (http, base) = (http.clone(), base.clone());
         rows.push(
             closed_loop("http-floor", log, child.id(), &ids, 32, move |_| {
                 let request = http.get(format!("{base}/problems/version-conflict"));
                 async move {
-                    request.send().await.expect("request").bytes().await.expect("body");
+                    request
+                        .send()
+                        .await
+                        .expect("request")
+                        .bytes()
+                        .await
+                        .expect("body");
                 }
             })
             .await,
         );
     }
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     rows
 }
@@ -219,7 +298,13 @@ fn print(rows: &[Row]) {
             "http" => rows
                 .iter()
                 .find(|s| s.layer == "service" && s.log == r.log && s.writers == r.writers)
-                .map(|s| format!("{:+.0}%", (r.cpu_per_command.as_secs_f64() / s.cpu_per_command.as_secs_f64() - 1.0) * 100.0))
+                .map(|s| {
+                    format!(
+                        "{:+.0}%",
+                        (r.cpu_per_command.as_secs_f64() / s.cpu_per_command.as_secs_f64() - 1.0)
+                            * 100.0
+                    )
+                })
                 .unwrap_or_default(),
             _ => String::from("(ceiling)"),
         };
@@ -243,7 +328,10 @@ fn main() {
         println!("http bench: run with `cargo bench -p aggregate-host --bench http`");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut rows = rt.block_on(service_rows("embedded", None));
     rows.extend(rt.block_on(http_rows("embedded", None)));
     match nats::NatsServer::start_or_skip("http bench on JetStream") {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use aggregate_host::runtime::{Decision, InstanceKey, Isolation, Limits, Runtime, RuntimeConfig};
 use aggregate_host::types::{
-    AggregateId, AggregateRef, AggregateType, Command, CommandId, CommandMetadata, ComponentHash, Json, TenantId,
+    AggregateId, AggregateRef, AggregateType, Command, CommandId, CommandMetadata, ComponentHash,
+    Json, TenantId,
 };
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -38,9 +39,18 @@ fn command(target: &AggregateRef) -> Command {
 }
 
 /// One decide + apply, the per-command work of the service on a hot aggregate.
-fn decide_apply(rt: &Runtime, key: &InstanceKey, limits: &Limits, iso: Isolation, state: &Json, cmd: &Command) -> Json {
+fn decide_apply(
+    rt: &Runtime,
+    key: &InstanceKey,
+    limits: &Limits,
+    iso: Isolation,
+    state: &Json,
+    cmd: &Command,
+) -> Json {
     rt.with_instance(key, limits, iso, |g| {
-        let Decision::Accepted(events) = g.decide(state, cmd)? else { panic!("deposit refused") };
+        let Decision::Accepted(events) = g.decide(state, cmd)? else {
+            panic!("deposit refused")
+        };
         g.apply(state, events.iter().map(|e| e.data()))
     })
     .expect("decide+apply")
@@ -70,7 +80,10 @@ fn bench_component(name: &str, path: &Path) -> (Row, Json) {
     );
     // precompiled load: the artifact is on disk, a new runtime (new process, in effect) loads it
     let dir = tempfile::tempdir().unwrap();
-    let cfg = RuntimeConfig { artifact_dir: Some(dir.path().to_path_buf()), ..RuntimeConfig::default() };
+    let cfg = RuntimeConfig {
+        artifact_dir: Some(dir.path().to_path_buf()),
+        ..RuntimeConfig::default()
+    };
     Runtime::new(cfg.clone()).unwrap().load(&bytes).unwrap();
     let load = median(
         (0..10)
@@ -79,7 +92,11 @@ fn bench_component(name: &str, path: &Path) -> (Row, Json) {
                 let t = Instant::now();
                 rt.load(&bytes).unwrap();
                 let el = t.elapsed();
-                assert_eq!(rt.stats().compiles, 0, "must load the artifact, not compile");
+                assert_eq!(
+                    rt.stats().compiles,
+                    0,
+                    "must load the artifact, not compile"
+                );
                 el
             })
             .collect(),
@@ -92,8 +109,15 @@ fn bench_component(name: &str, path: &Path) -> (Row, Json) {
         aggregate_type: AggregateType::new("bank-account").unwrap(),
         aggregate_id: AggregateId::generate(),
     };
-    let key = InstanceKey { tenant: target.tenant.clone(), aggregate_type: target.aggregate_type.clone(), component: hash };
-    let limits = Limits { max_calls_per_instance: u64::MAX, ..Limits::default() };
+    let key = InstanceKey {
+        tenant: target.tenant.clone(),
+        aggregate_type: target.aggregate_type.clone(),
+        component: hash,
+    };
+    let limits = Limits {
+        max_calls_per_instance: u64::MAX,
+        ..Limits::default()
+    };
     let state = open_account(&rt, &key, &limits, &target);
     let cmd = command(&target);
 
@@ -114,14 +138,30 @@ fn bench_component(name: &str, path: &Path) -> (Row, Json) {
     }
     let fresh = t.elapsed() / m;
     let _: &ComponentHash = &hash;
-    (Row { guest: name.into(), size: bytes.len(), compile, load, warm, fresh }, state)
+    (
+        Row {
+            guest: name.into(),
+            size: bytes.len(),
+            compile,
+            load,
+            warm,
+            fresh,
+        },
+        state,
+    )
 }
 
 fn open_account(rt: &Runtime, key: &InstanceKey, limits: &Limits, target: &AggregateRef) -> Json {
     rt.with_instance(key, limits, Isolation::Pooled, |g| {
         let s0 = g.init()?;
-        let open = Command { command_type: "open".into(), payload: Json::parse(r#"{"owner":"bench"}"#).unwrap(), ..command(target) };
-        let Decision::Accepted(events) = g.decide(&s0, &open)? else { panic!("open refused") };
+        let open = Command {
+            command_type: "open".into(),
+            payload: Json::parse(r#"{"owner":"bench"}"#).unwrap(),
+            ..command(target)
+        };
+        let Decision::Accepted(events) = g.decide(&s0, &open)? else {
+            panic!("open refused")
+        };
         g.apply(&s0, events.iter().map(|e| e.data()))
     })
     .unwrap()
@@ -133,7 +173,8 @@ fn native(state: &Json) -> Duration {
     use aggregate_sdk::codec;
     use bank_account::BankAccount;
     let round = |state: &str| {
-        let events = codec::decide::<BankAccount>(state, "deposit", r#"{"amount":5}"#).expect("deposit accepted");
+        let events = codec::decide::<BankAccount>(state, "deposit", r#"{"amount":5}"#)
+            .expect("deposit accepted");
         codec::apply::<BankAccount>(state, &events).expect("apply")
     };
     let n = 200_000;
@@ -151,17 +192,33 @@ fn native(state: &Json) -> Duration {
 /// beyond an empty object), decide + apply on a warm instance.
 fn host_overhead() -> Duration {
     let rt = Runtime::new(RuntimeConfig::default()).unwrap();
-    let (hash, _) = rt.load(&std::fs::read(example_artifacts::HOSTILE).unwrap()).unwrap();
+    let (hash, _) = rt
+        .load(&std::fs::read(example_artifacts::HOSTILE).unwrap())
+        .unwrap();
     let target = AggregateRef {
         tenant: TenantId::new("bench").unwrap(),
         aggregate_type: AggregateType::new("hostile").unwrap(),
         aggregate_id: AggregateId::generate(),
     };
-    let key = InstanceKey { tenant: target.tenant.clone(), aggregate_type: target.aggregate_type.clone(), component: hash };
-    let limits = Limits { max_calls_per_instance: u64::MAX, ..Limits::default() };
+    let key = InstanceKey {
+        tenant: target.tenant.clone(),
+        aggregate_type: target.aggregate_type.clone(),
+        component: hash,
+    };
+    let limits = Limits {
+        max_calls_per_instance: u64::MAX,
+        ..Limits::default()
+    };
     let state = Json::parse(r#"{"count":0}"#).unwrap();
-    let cmd = Command { command_type: "ok".into(), payload: Json::parse("{}").unwrap(), ..command(&target) };
-    let n: u32 = std::env::var("BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let cmd = Command {
+        command_type: "ok".into(),
+        payload: Json::parse("{}").unwrap(),
+        ..command(&target)
+    };
+    let n: u32 = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     for _ in 0..500 {
         decide_apply(&rt, &key, &limits, Isolation::Pooled, &state, &cmd);
     }
@@ -188,8 +245,16 @@ fn main() {
     println!("| guest | .wasm bytes | compile (ms) | precompiled load (ms) | warm decide+apply (µs) | fresh instance decide+apply (µs) | native decide+apply (µs) | warm ÷ native |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for r in &rows {
-        let native_col = if r.guest == "Rust" { us(native) } else { "–".into() };
-        let ratio = if r.guest == "Rust" { format!("{:.1}×", r.warm.as_secs_f64() / native.as_secs_f64()) } else { "–".into() };
+        let native_col = if r.guest == "Rust" {
+            us(native)
+        } else {
+            "–".into()
+        };
+        let ratio = if r.guest == "Rust" {
+            format!("{:.1}×", r.warm.as_secs_f64() / native.as_secs_f64())
+        } else {
+            "–".into()
+        };
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.guest,
@@ -203,6 +268,8 @@ fn main() {
         );
     }
     println!();
-    println!("Host overhead per command (trivial guest `ok`, warm decide+apply): {} µs", us(overhead));
+    println!(
+        "Host overhead per command (trivial guest `ok`, warm decide+apply): {} µs",
+        us(overhead)
+    );
 }
-

@@ -21,7 +21,8 @@ use aggregate_host::store::jetstream::JetStreamLog;
 use aggregate_host::store::snapshots::SnapshotStore;
 use aggregate_host::store::{Commit, EventLog};
 use aggregate_host::types::{
-    AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, ComponentHash, Event, Json, TenantId, Version,
+    AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, ComponentHash, Event,
+    Json, TenantId, Version,
 };
 
 struct Stats {
@@ -33,7 +34,10 @@ struct Stats {
 impl Stats {
     fn row(&mut self, what: &str, log: &str, writers: usize) -> String {
         self.latencies.sort();
-        let pct = |p: f64| self.latencies[((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1)];
+        let pct = |p: f64| {
+            self.latencies
+                [((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1)]
+        };
         format!(
             "| {what} | {log} | {writers} | {:.0} | {:.2} | {:.2} | {} |",
             self.ops as f64 / self.elapsed.as_secs_f64(),
@@ -45,11 +49,20 @@ impl Stats {
 }
 
 fn secs() -> Duration {
-    Duration::from_secs(std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5))
+    Duration::from_secs(
+        std::env::var("BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5),
+    )
 }
 
 fn account(tenant: &TenantId) -> AggregateRef {
-    AggregateRef { tenant: tenant.clone(), aggregate_type: AggregateType::new("bank-account").unwrap(), aggregate_id: AggregateId::generate() }
+    AggregateRef {
+        tenant: tenant.clone(),
+        aggregate_type: AggregateType::new("bank-account").unwrap(),
+        aggregate_id: AggregateId::generate(),
+    }
 }
 
 /// Run `writers` closed loops for `secs()`; each loop owns one aggregate.
@@ -81,19 +94,49 @@ where
     for t in tasks {
         latencies.extend(t.await.unwrap());
     }
-    Stats { ops: latencies.len(), elapsed: started.elapsed(), latencies }
+    Stats {
+        ops: latencies.len(),
+        elapsed: started.elapsed(),
+        latencies,
+    }
 }
 
-async fn service_rows(log_name: &str, log: Arc<dyn EventLog>, dir: &std::path::Path, out: &mut Vec<String>) {
-    let runtime = Arc::new(Runtime::new(RuntimeConfig { artifact_dir: Some(dir.join("artifacts")), ..RuntimeConfig::default() }).unwrap());
-    let registry = Arc::new(Registry::open(dir, &dir.join("manifest.yaml"), runtime.clone(), 64 << 20).unwrap());
+async fn service_rows(
+    log_name: &str,
+    log: Arc<dyn EventLog>,
+    dir: &std::path::Path,
+    out: &mut Vec<String>,
+) {
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            artifact_dir: Some(dir.join("artifacts")),
+            ..RuntimeConfig::default()
+        })
+        .unwrap(),
+    );
+    let registry = Arc::new(
+        Registry::open(dir, &dir.join("manifest.yaml"), runtime.clone(), 64 << 20).unwrap(),
+    );
     let ty = AggregateType::new("bank-account").unwrap();
-    registry.deploy(&ty, &std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(), None).unwrap();
+    registry
+        .deploy(
+            &ty,
+            &std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(),
+            None,
+        )
+        .unwrap();
     let snapshots = SnapshotStore::open(dir.join("snapshots")).unwrap();
-    let service = Arc::new(CommandService::new(registry, runtime, log, snapshots, ServiceConfig::default()));
+    let service = Arc::new(CommandService::new(
+        registry,
+        runtime,
+        log,
+        snapshots,
+        ServiceConfig::default(),
+    ));
     let tenant = TenantId::new("bench").unwrap();
     for writers in [1usize, 64] {
-        let accounts: Arc<Vec<AggregateRef>> = Arc::new((0..writers).map(|_| account(&tenant)).collect());
+        let accounts: Arc<Vec<AggregateRef>> =
+            Arc::new((0..writers).map(|_| account(&tenant)).collect());
         for a in accounts.iter() {
             let open = Submit {
                 command_id: None,
@@ -127,7 +170,8 @@ async fn raw_rows(log_name: &str, log: Arc<dyn EventLog>, out: &mut Vec<String>)
     let tenant = TenantId::new("raw").unwrap();
     let component = ComponentHash::of(b"raw");
     for writers in [1usize, 64] {
-        let accounts: Arc<Vec<AggregateRef>> = Arc::new((0..writers).map(|_| account(&tenant)).collect());
+        let accounts: Arc<Vec<AggregateRef>> =
+            Arc::new((0..writers).map(|_| account(&tenant)).collect());
         let log = log.clone();
         let mut stats = closed_loop(writers, move |w, i| {
             let (log, aggregate) = (log.clone(), accounts[w].clone());
@@ -144,7 +188,14 @@ async fn raw_rows(log_name: &str, log: Arc<dyn EventLog>, out: &mut Vec<String>)
                     component,
                     recorded_at: chrono::Utc::now(),
                 };
-                log.append(Commit { aggregate, expected: Version(i), command_id, events: vec![event] }).await.expect("append");
+                log.append(Commit {
+                    aggregate,
+                    expected: Version(i),
+                    command_id,
+                    events: vec![event],
+                })
+                .await
+                .expect("append");
             }
         })
         .await;
@@ -157,19 +208,27 @@ async fn main() {
     let mut rows = Vec::new();
     {
         let dir = tempfile::tempdir().unwrap();
-        let raw: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(dir.path().join("raw-events")).unwrap());
+        let raw: Arc<dyn EventLog> =
+            Arc::new(EmbeddedLog::open(dir.path().join("raw-events")).unwrap());
         raw_rows("embedded", raw, &mut rows).await;
-        let log: Arc<dyn EventLog> = Arc::new(EmbeddedLog::open(dir.path().join("events")).unwrap());
+        let log: Arc<dyn EventLog> =
+            Arc::new(EmbeddedLog::open(dir.path().join("events")).unwrap());
         service_rows("embedded", log, dir.path(), &mut rows).await;
     }
     match nats::NatsServer::start_or_skip("service bench on JetStream") {
         Some(server) => {
             let dir = tempfile::tempdir().unwrap();
-            let raw: Arc<dyn EventLog> = Arc::new(JetStreamLog::connect(&server.url(), Default::default()).await.unwrap());
+            let raw: Arc<dyn EventLog> = Arc::new(
+                JetStreamLog::connect(&server.url(), Default::default())
+                    .await
+                    .unwrap(),
+            );
             raw_rows("jetstream", raw.clone(), &mut rows).await;
             service_rows("jetstream", raw, dir.path(), &mut rows).await;
         }
-        None => rows.push("| (JetStream rows skipped: nats-server not installed) | | | | | | |".into()),
+        None => {
+            rows.push("| (JetStream rows skipped: nats-server not installed) | | | | | | |".into())
+        }
     }
     println!("| what | log | writers | commands/s | p50 (ms) | p99 (ms) | commands |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");

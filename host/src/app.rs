@@ -33,7 +33,8 @@ impl Host {
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         use anyhow::Context;
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).with_context(|| format!("create data_dir {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("create data_dir {}", dir.display()))?;
         let runtime = Arc::new(Runtime::new(RuntimeConfig {
             artifact_dir: Some(dir.join("artifacts")),
             max_memory_bytes: config.max_memory_mb << 20,
@@ -42,17 +43,30 @@ impl Host {
         })?);
         let registry = {
             let (runtime, dir, max) = (runtime.clone(), dir.clone(), config.max_component_mb << 20);
-            tokio::task::spawn_blocking(move || Registry::open(&dir, &dir.join("manifest.yaml"), runtime, max)).await??
+            tokio::task::spawn_blocking(move || {
+                Registry::open(&dir, &dir.join("manifest.yaml"), runtime, max)
+            })
+            .await??
         };
         let registry = Arc::new(registry.with_default_snapshot_every(config.snapshot_every));
         let log: Arc<dyn EventLog> = match &config.nats_url {
             Some(url) => {
-                let js = JetStreamConfig { stream: config.stream.clone(), ..JetStreamConfig::default() };
-                Arc::new(JetStreamLog::connect(url, js).await.with_context(|| format!("JetStream at {url}"))?)
+                let js = JetStreamConfig {
+                    stream: config.stream.clone(),
+                    ..JetStreamConfig::default()
+                };
+                Arc::new(
+                    JetStreamLog::connect(url, js)
+                        .await
+                        .with_context(|| format!("JetStream at {url}"))?,
+                )
             }
             None => {
                 let path = dir.join("events");
-                Arc::new(EmbeddedLog::open(&path).with_context(|| format!("event log at {}", path.display()))?)
+                Arc::new(
+                    EmbeddedLog::open(&path)
+                        .with_context(|| format!("event log at {}", path.display()))?,
+                )
             }
         };
         let snapshots = SnapshotStore::open(dir.join("snapshots")).context("snapshot store")?;
@@ -61,8 +75,17 @@ impl Host {
             runtime.clone(),
             log,
             snapshots,
-            ServiceConfig { max_attempts: config.max_attempts, hot_cache_capacity: config.hot_cache_capacity, ..ServiceConfig::default() },
+            ServiceConfig {
+                max_attempts: config.max_attempts,
+                hot_cache_capacity: config.hot_cache_capacity,
+                ..ServiceConfig::default()
+            },
         ));
-        Ok(Self { config, runtime, registry, service })
+        Ok(Self {
+            config,
+            runtime,
+            registry,
+            service,
+        })
     }
 }

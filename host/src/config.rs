@@ -19,7 +19,10 @@ pub struct ConfigError {
 }
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), reason: reason.into() }
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Everything the host reads at start.
@@ -107,11 +110,16 @@ impl Config {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the file, field or variable.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut c = match file {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| err(p.display().to_string(), e.to_string()))?;
-                serde_yaml::from_str(&text).map_err(|e| err(p.display().to_string(), e.to_string()))?
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| err(p.display().to_string(), e.to_string()))?;
+                serde_yaml::from_str(&text)
+                    .map_err(|e| err(p.display().to_string(), e.to_string()))?
             }
             None => Config::default(),
         };
@@ -124,10 +132,14 @@ impl Config {
 
     fn set_env(&mut self, key: &str, v: String) -> Result<(), ConfigError> {
         fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, ConfigError> {
-            v.trim().parse().map_err(|_| err(key, format!("{v:?} is not a valid number")))
+            v.trim()
+                .parse()
+                .map_err(|_| err(key, format!("{v:?} is not a valid number")))
         }
         fn addr(key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
-            v.trim().parse().map_err(|_| err(key, format!("{v:?} is not an address like 127.0.0.1:8080")))
+            v.trim()
+                .parse()
+                .map_err(|_| err(key, format!("{v:?} is not an address like 127.0.0.1:8080")))
         }
         fn flag(key: &str, v: &str) -> Result<bool, ConfigError> {
             match v.trim().to_ascii_lowercase().as_str() {
@@ -136,7 +148,9 @@ impl Config {
                 _ => Err(err(key, format!("{v:?} is not true or false"))),
             }
         }
-        let Some(name) = key.strip_prefix("AGGREGATE_") else { return Ok(()) };
+        let Some(name) = key.strip_prefix("AGGREGATE_") else {
+            return Ok(());
+        };
         match name {
             "DATA_DIR" => self.data_dir = PathBuf::from(v),
             "NATS_URL" => self.nats_url = (!v.trim().is_empty()).then_some(v),
@@ -184,19 +198,36 @@ impl Config {
             return Err(err("data_dir", "must not be empty"));
         }
         if let Some(url) = &self.nats_url {
-            let ok = ["nats://", "tls://", "ws://", "wss://"].iter().any(|p| url.starts_with(p)) || !url.contains("://");
+            let ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+                || !url.contains("://");
             if !ok || url.contains(char::is_whitespace) {
-                return Err(err("nats_url", format!("{url:?} is not a NATS URL (nats://host:port)")));
+                return Err(err(
+                    "nats_url",
+                    format!("{url:?} is not a NATS URL (nats://host:port)"),
+                ));
             }
         }
-        if self.stream.is_empty() || !self.stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(err("stream", format!("{:?}: use ASCII letters, digits, '-' and '_'", self.stream)));
+        if self.stream.is_empty()
+            || !self
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(err(
+                "stream",
+                format!("{:?}: use ASCII letters, digits, '-' and '_'", self.stream),
+            ));
         }
         if self.max_attempts == 0 {
             return Err(err("max_attempts", "must be at least 1"));
         }
         if self.max_memory_mb == 0 || self.max_memory_mb > 4096 {
-            return Err(err("max_memory_mb", format!("{} is outside 1..=4096", self.max_memory_mb)));
+            return Err(err(
+                "max_memory_mb",
+                format!("{} is outside 1..=4096", self.max_memory_mb),
+            ));
         }
         if self.max_component_mb == 0 {
             return Err(err("max_component_mb", "must be at least 1"));
@@ -211,7 +242,10 @@ impl Config {
                     ),
                 ));
             }
-            Some(t) if t.len() < MIN_ADMIN_TOKEN_LEN || t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            Some(t)
+                if t.len() < MIN_ADMIN_TOKEN_LEN
+                    || t.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
                 return Err(err(
                     "admin_token",
                     format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters without whitespace"),
@@ -220,13 +254,25 @@ impl Config {
             _ => {}
         }
         if self.gateway_listen == self.admin_listen && self.gateway_listen.port() != 0 {
-            return Err(err("admin_listen", format!("{} is also gateway_listen; use two ports", self.admin_listen)));
+            return Err(err(
+                "admin_listen",
+                format!(
+                    "{} is also gateway_listen; use two ports",
+                    self.admin_listen
+                ),
+            ));
         }
         if self.tenants.iter().any(TenantId::is_single) {
-            return Err(err("tenants", "must not contain the empty (single-tenant) id"));
+            return Err(err(
+                "tenants",
+                "must not contain the empty (single-tenant) id",
+            ));
         }
         if self.max_command_bytes < 64 {
-            return Err(err("max_command_bytes", format!("{} is below 64", self.max_command_bytes)));
+            return Err(err(
+                "max_command_bytes",
+                format!("{} is below 64", self.max_command_bytes),
+            ));
         }
         Ok(())
     }
@@ -237,15 +283,26 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn file_then_environment_override_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("host.yaml");
-        std::fs::write(&f, "data_dir: /var/lib/agg\nmax_attempts: 3\nsnapshot_every: 10\n").unwrap();
-        let c = Config::load(Some(&f), env(&[("AGGREGATE_MAX_ATTEMPTS", "5"), ("HOME", "/x")])).unwrap();
+        std::fs::write(
+            &f,
+            "data_dir: /var/lib/agg\nmax_attempts: 3\nsnapshot_every: 10\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            env(&[("AGGREGATE_MAX_ATTEMPTS", "5"), ("HOME", "/x")]),
+        )
+        .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/agg"));
         assert_eq!((c.max_attempts, c.snapshot_every), (5, 10));
         assert_eq!(c.stream, "AGGREGATES");
@@ -266,7 +323,10 @@ mod tests {
         let e = Config::load(None, env(&[("AGGREGATE_MULTI_TENANT", "maybe")])).unwrap_err();
         assert_eq!(e.field, "AGGREGATE_MULTI_TENANT");
         let e = Config::load(None, env(&[("AGGREGATE_TENANTS", "a,b.c")])).unwrap_err();
-        assert!(e.field == "AGGREGATE_TENANTS" && e.reason.contains("tenant id"), "{e}");
+        assert!(
+            e.field == "AGGREGATE_TENANTS" && e.reason.contains("tenant id"),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("host.yaml");
         std::fs::write(&f, "max_attempt: 3\n").unwrap();
@@ -279,8 +339,14 @@ mod tests {
         let e = Config::load(None, env(&[("AGGREGATE_ADMIN_LISTEN", "0.0.0.0:8081")])).unwrap_err();
         assert_eq!(e.field, "admin_token");
         assert!(e.reason.contains("0.0.0.0:8081"), "{e}");
-        let e = Config::load(None, env(&[("AGGREGATE_ADMIN_LISTEN", "0.0.0.0:8081"), ("AGGREGATE_ADMIN_TOKEN", "short")]))
-            .unwrap_err();
+        let e = Config::load(
+            None,
+            env(&[
+                ("AGGREGATE_ADMIN_LISTEN", "0.0.0.0:8081"),
+                ("AGGREGATE_ADMIN_TOKEN", "short"),
+            ]),
+        )
+        .unwrap_err();
         assert_eq!(e.field, "admin_token");
         let c = Config::load(
             None,
@@ -294,7 +360,13 @@ mod tests {
         )
         .unwrap();
         assert!(c.multi_tenant);
-        assert_eq!(c.tenants, vec![TenantId::new("acme").unwrap(), TenantId::new("globex").unwrap()]);
+        assert_eq!(
+            c.tenants,
+            vec![
+                TenantId::new("acme").unwrap(),
+                TenantId::new("globex").unwrap()
+            ]
+        );
         assert_eq!(c.log_format, LogFormat::Json);
         // Loopback needs no token.
         assert!(Config::load(None, env(&[])).unwrap().admin_token.is_none());

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::registry::Registry;
 use crate::runtime::{Decision, InstanceKey, Runtime, RuntimeConfig};
-use crate::types::{AggregateId, AggregateRef, AggregateType, Command, CommandId, CommandMetadata, Json, TenantId};
+use crate::types::{
+    AggregateId, AggregateRef, AggregateType, Command, CommandId, CommandMetadata, Json, TenantId,
+};
 
 /// Deploy the component at `component` into a registry under `data_dir`, then run the story.
 ///
@@ -18,19 +20,44 @@ pub fn run(component: &Path, data_dir: &Path, out: &mut impl std::io::Write) -> 
         artifact_dir: Some(data_dir.join("artifacts")),
         ..RuntimeConfig::default()
     })?);
-    let registry = Registry::open(data_dir, &data_dir.join("manifest.yaml"), runtime.clone(), 64 << 20)?;
-    let bytes = std::fs::read(component).map_err(|e| anyhow::anyhow!("read {}: {e}", component.display()))?;
+    let registry = Registry::open(
+        data_dir,
+        &data_dir.join("manifest.yaml"),
+        runtime.clone(),
+        64 << 20,
+    )?;
+    let bytes = std::fs::read(component)
+        .map_err(|e| anyhow::anyhow!("read {}: {e}", component.display()))?;
     let ty = AggregateType::new("bank-account")?;
     let deployed = registry.deploy(&ty, &bytes, None)?;
     let active = registry.resolve(&ty)?;
-    writeln!(out, "deployed {ty} = {} (version {}, {} bytes)", deployed.component, deployed.version, bytes.len())?;
+    writeln!(
+        out,
+        "deployed {ty} = {} (version {}, {} bytes)",
+        deployed.component,
+        deployed.version,
+        bytes.len()
+    )?;
     let stats = runtime.stats();
-    writeln!(out, "  compiled: {}, loaded from precompiled artifact: {}", stats.compiles, stats.artifact_loads)?;
+    writeln!(
+        out,
+        "  compiled: {}, loaded from precompiled artifact: {}",
+        stats.compiles, stats.artifact_loads
+    )?;
 
     let tenant = TenantId::new("demo")?;
-    let target = AggregateRef { tenant: tenant.clone(), aggregate_type: ty.clone(), aggregate_id: AggregateId::generate() };
-    let key = InstanceKey { tenant, aggregate_type: ty, component: active.component };
-    let mut state: Json = runtime.with_instance(&key, &active.limits, active.isolation, |g| g.init())?;
+    let target = AggregateRef {
+        tenant: tenant.clone(),
+        aggregate_type: ty.clone(),
+        aggregate_id: AggregateId::generate(),
+    };
+    let key = InstanceKey {
+        tenant,
+        aggregate_type: ty,
+        component: active.component,
+    };
+    let mut state: Json =
+        runtime.with_instance(&key, &active.limits, active.isolation, |g| g.init())?;
     writeln!(out, "aggregate {target}\n  init -> {state}")?;
     let story = [
         ("open", r#"{"owner":"Ada"}"#),
@@ -50,21 +77,26 @@ pub fn run(component: &Path, data_dir: &Path, out: &mut impl std::io::Write) -> 
             metadata: CommandMetadata::default(),
             received_at: chrono::Utc::now(),
         };
-        let (decision, next, fuel) = runtime.with_instance(&key, &active.limits, active.isolation, |g| {
-            let d = g.decide(&state, &cmd)?;
-            let fuel = g.fuel_used();
-            let next = match &d {
-                Decision::Accepted(ev) => g.apply(&state, ev.iter().map(|e| e.data()))?,
-                _ => state.clone(),
-            };
-            Ok((d, next, fuel))
-        })?;
+        let (decision, next, fuel) =
+            runtime.with_instance(&key, &active.limits, active.isolation, |g| {
+                let d = g.decide(&state, &cmd)?;
+                let fuel = g.fuel_used();
+                let next = match &d {
+                    Decision::Accepted(ev) => g.apply(&state, ev.iter().map(|e| e.data()))?,
+                    _ => state.clone(),
+                };
+                Ok((d, next, fuel))
+            })?;
         writeln!(out, "{command_type} {payload}  (fuel {fuel})")?;
         match decision {
             Decision::Accepted(events) => {
                 for e in &events {
                     version += 1;
-                    writeln!(out, "  event v{version} {} (schema {}) {}", e.event_type, e.schema_version, e.payload)?;
+                    writeln!(
+                        out,
+                        "  event v{version} {} (schema {}) {}",
+                        e.event_type, e.schema_version, e.payload
+                    )?;
                 }
                 writeln!(out, "  state -> {next}")?;
             }

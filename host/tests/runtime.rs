@@ -5,9 +5,12 @@
 use std::sync::Arc;
 
 use aggregate_host::registry::{Registry, RegistryError};
-use aggregate_host::runtime::{Decision, InstanceKey, Isolation, Limits, Runtime, RuntimeConfig, RuntimeError};
+use aggregate_host::runtime::{
+    Decision, InstanceKey, Isolation, Limits, Runtime, RuntimeConfig, RuntimeError,
+};
 use aggregate_host::types::{
-    AggregateId, AggregateRef, AggregateType, Command, CommandId, CommandMetadata, ComponentHash, Json, TenantId,
+    AggregateId, AggregateRef, AggregateType, Command, CommandId, CommandMetadata, ComponentHash,
+    Json, TenantId,
 };
 use example_artifacts::{BANK_ACCOUNT, FORBIDDEN_IMPORT, HOSTILE};
 
@@ -16,16 +19,28 @@ fn bytes(path: &str) -> Vec<u8> {
 }
 
 fn runtime() -> Runtime {
-    Runtime::new(RuntimeConfig { max_warm_instances: 16, ..RuntimeConfig::default() }).unwrap()
+    Runtime::new(RuntimeConfig {
+        max_warm_instances: 16,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
 }
 
 fn runtime_with_artifacts(dir: &std::path::Path) -> Runtime {
-    Runtime::new(RuntimeConfig { artifact_dir: Some(dir.to_path_buf()), max_warm_instances: 16, ..RuntimeConfig::default() })
-        .unwrap()
+    Runtime::new(RuntimeConfig {
+        artifact_dir: Some(dir.to_path_buf()),
+        max_warm_instances: 16,
+        ..RuntimeConfig::default()
+    })
+    .unwrap()
 }
 
 fn key(tenant: &str, ty: &str, component: ComponentHash) -> InstanceKey {
-    InstanceKey { tenant: TenantId::new(tenant).unwrap(), aggregate_type: AggregateType::new(ty).unwrap(), component }
+    InstanceKey {
+        tenant: TenantId::new(tenant).unwrap(),
+        aggregate_type: AggregateType::new(ty).unwrap(),
+        component,
+    }
 }
 
 fn command(k: &InstanceKey, command_type: &str, payload: serde_json::Value) -> Command {
@@ -44,7 +59,13 @@ fn command(k: &InstanceKey, command_type: &str, payload: serde_json::Value) -> C
 }
 
 /// Decide, then apply the accepted events; returns the decision and the new state.
-fn run(rt: &Runtime, k: &InstanceKey, limits: &Limits, state: &Json, cmd: &Command) -> Result<(Decision, Json), RuntimeError> {
+fn run(
+    rt: &Runtime,
+    k: &InstanceKey,
+    limits: &Limits,
+    state: &Json,
+    cmd: &Command,
+) -> Result<(Decision, Json), RuntimeError> {
     rt.with_instance(k, limits, Isolation::Pooled, |g| {
         let d = g.decide(state, cmd)?;
         let next = match &d {
@@ -56,7 +77,8 @@ fn run(rt: &Runtime, k: &InstanceKey, limits: &Limits, state: &Json, cmd: &Comma
 }
 
 fn init(rt: &Runtime, k: &InstanceKey, limits: &Limits) -> Json {
-    rt.with_instance(k, limits, Isolation::Pooled, |g| g.init()).unwrap()
+    rt.with_instance(k, limits, Isolation::Pooled, |g| g.init())
+        .unwrap()
 }
 
 /// Bank-account still runs correctly on this runtime: the proof after every hostile case.
@@ -65,9 +87,26 @@ fn assert_bank_account_works(rt: &Runtime) {
     let k = key("healthy", "bank-account", hash);
     let limits = Limits::default();
     let s0 = init(rt, &k, &limits);
-    let (d, s1) = run(rt, &k, &limits, &s0, &command(&k, "open", serde_json::json!({"owner": "ann"}))).unwrap();
-    assert!(matches!(d, Decision::Accepted(ref e) if e.len() == 1), "{d:?}");
-    let (_, s2) = run(rt, &k, &limits, &s1, &command(&k, "deposit", serde_json::json!({"amount": 7}))).unwrap();
+    let (d, s1) = run(
+        rt,
+        &k,
+        &limits,
+        &s0,
+        &command(&k, "open", serde_json::json!({"owner": "ann"})),
+    )
+    .unwrap();
+    assert!(
+        matches!(d, Decision::Accepted(ref e) if e.len() == 1),
+        "{d:?}"
+    );
+    let (_, s2) = run(
+        rt,
+        &k,
+        &limits,
+        &s1,
+        &command(&k, "deposit", serde_json::json!({"amount": 7})),
+    )
+    .unwrap();
     assert_eq!(s2.to_value()["balance"], 7, "{s2}");
 }
 
@@ -83,33 +122,88 @@ mod bank_account {
         let s0 = init(&rt, &k, &limits);
         assert_eq!(s0.to_value()["balance"], 0);
 
-        let (d, s1) = run(&rt, &k, &limits, &s0, &command(&k, "open", serde_json::json!({"owner": "ann"}))).unwrap();
-        let Decision::Accepted(events) = d else { panic!("open refused: {d:?}") };
+        let (d, s1) = run(
+            &rt,
+            &k,
+            &limits,
+            &s0,
+            &command(&k, "open", serde_json::json!({"owner": "ann"})),
+        )
+        .unwrap();
+        let Decision::Accepted(events) = d else {
+            panic!("open refused: {d:?}")
+        };
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event_type, "opened");
         assert_eq!(events[0].schema_version, 1);
 
-        let (d, s2) = run(&rt, &k, &limits, &s1, &command(&k, "deposit", serde_json::json!({"amount": 100}))).unwrap();
-        let Decision::Accepted(events) = d else { panic!("deposit refused: {d:?}") };
+        let (d, s2) = run(
+            &rt,
+            &k,
+            &limits,
+            &s1,
+            &command(&k, "deposit", serde_json::json!({"amount": 100})),
+        )
+        .unwrap();
+        let Decision::Accepted(events) = d else {
+            panic!("deposit refused: {d:?}")
+        };
         assert_eq!(events[0].event_type, "deposited");
         assert_eq!(events[0].payload.to_value()["amount"], 100);
         assert_eq!(s2.to_value()["balance"], 100);
 
-        let (d, s3) = run(&rt, &k, &limits, &s2, &command(&k, "withdraw", serde_json::json!({"amount": 30}))).unwrap();
-        assert!(matches!(d, Decision::Accepted(ref e) if e[0].event_type == "withdrawn"), "{d:?}");
+        let (d, s3) = run(
+            &rt,
+            &k,
+            &limits,
+            &s2,
+            &command(&k, "withdraw", serde_json::json!({"amount": 30})),
+        )
+        .unwrap();
+        assert!(
+            matches!(d, Decision::Accepted(ref e) if e[0].event_type == "withdrawn"),
+            "{d:?}"
+        );
         assert_eq!(s3.to_value()["balance"], 70);
 
-        let (d, s4) = run(&rt, &k, &limits, &s3, &command(&k, "withdraw", serde_json::json!({"amount": 71}))).unwrap();
+        let (d, s4) = run(
+            &rt,
+            &k,
+            &limits,
+            &s3,
+            &command(&k, "withdraw", serde_json::json!({"amount": 71})),
+        )
+        .unwrap();
         match d {
             Decision::Rejected(m) => assert!(m.contains("insufficient funds"), "{m}"),
             other => panic!("overdraft accepted: {other:?}"),
         }
         assert_eq!(s4, s3, "a rejected command changes nothing");
 
-        let (d, _) = run(&rt, &k, &limits, &s3, &command(&k, "deposit", serde_json::json!({"amount": -5}))).unwrap();
-        assert!(matches!(d, Decision::Invalid(_)), "negative amount must be invalid: {d:?}");
-        let (d, _) = run(&rt, &k, &limits, &s3, &command(&k, "deposit", serde_json::json!({"amount": "lots"}))).unwrap();
-        assert!(matches!(d, Decision::Invalid(_)), "a string amount must be invalid: {d:?}");
+        let (d, _) = run(
+            &rt,
+            &k,
+            &limits,
+            &s3,
+            &command(&k, "deposit", serde_json::json!({"amount": -5})),
+        )
+        .unwrap();
+        assert!(
+            matches!(d, Decision::Invalid(_)),
+            "negative amount must be invalid: {d:?}"
+        );
+        let (d, _) = run(
+            &rt,
+            &k,
+            &limits,
+            &s3,
+            &command(&k, "deposit", serde_json::json!({"amount": "lots"})),
+        )
+        .unwrap();
+        assert!(
+            matches!(d, Decision::Invalid(_)),
+            "a string amount must be invalid: {d:?}"
+        );
     }
 
     #[test]
@@ -126,7 +220,11 @@ mod bank_account {
             ("deposited", serde_json::json!({"amount": 5})),
         ]
         .into_iter()
-        .map(|(t, p)| aggregate_host::types::NewEvent { event_type: t.into(), schema_version: 1, payload: Json::from_value(&p) })
+        .map(|(t, p)| aggregate_host::types::NewEvent {
+            event_type: t.into(),
+            schema_version: 1,
+            payload: Json::from_value(&p),
+        })
         .collect();
         let state = rt
             .with_instance(&k, &limits, Isolation::Pooled, |g| {
@@ -164,18 +262,33 @@ mod hostile {
         key(tenant, "hostile", hash)
     }
 
-    fn decide(rt: &Runtime, k: &InstanceKey, limits: &Limits, ty: &str, payload: serde_json::Value) -> Result<Decision, RuntimeError> {
+    fn decide(
+        rt: &Runtime,
+        k: &InstanceKey,
+        limits: &Limits,
+        ty: &str,
+        payload: serde_json::Value,
+    ) -> Result<Decision, RuntimeError> {
         let state = init(rt, k, &Limits::default());
-        rt.with_instance(k, limits, Isolation::Pooled, |g| g.decide(&state, &command(k, ty, payload)))
+        rt.with_instance(k, limits, Isolation::Pooled, |g| {
+            g.decide(&state, &command(k, ty, payload))
+        })
     }
 
     #[test]
     fn infinite_loop_is_stopped_by_fuel() {
         let rt = runtime();
         let k = hostile(&rt, "t1");
-        let limits = Limits { fuel: 20_000_000, timeout_ms: 60_000, ..Limits::default() };
+        let limits = Limits {
+            fuel: 20_000_000,
+            timeout_ms: 60_000,
+            ..Limits::default()
+        };
         let e = decide(&rt, &k, &limits, "spin", serde_json::json!({})).unwrap_err();
-        assert!(matches!(e, RuntimeError::FuelExhausted { limit: 20_000_000 }), "{e:?}");
+        assert!(
+            matches!(e, RuntimeError::FuelExhausted { limit: 20_000_000 }),
+            "{e:?}"
+        );
         assert!(e.is_limit_breach());
         assert_bank_account_works(&rt);
     }
@@ -184,9 +297,16 @@ mod hostile {
     fn infinite_loop_is_stopped_by_the_timeout() {
         let rt = runtime();
         let k = hostile(&rt, "t1");
-        let limits = Limits { fuel: u64::MAX / 4, timeout_ms: 150, ..Limits::default() };
+        let limits = Limits {
+            fuel: u64::MAX / 4,
+            timeout_ms: 150,
+            ..Limits::default()
+        };
         let e = decide(&rt, &k, &limits, "spin", serde_json::json!({})).unwrap_err();
-        assert!(matches!(e, RuntimeError::Timeout { limit_ms: 150 }), "{e:?}");
+        assert!(
+            matches!(e, RuntimeError::Timeout { limit_ms: 150 }),
+            "{e:?}"
+        );
         assert_bank_account_works(&rt);
     }
 
@@ -194,9 +314,17 @@ mod hostile {
     fn memory_bomb_is_stopped_by_the_memory_limit() {
         let rt = runtime();
         let k = hostile(&rt, "t1");
-        let limits = Limits { fuel: u64::MAX / 4, timeout_ms: 30_000, max_memory_bytes: 32 << 20, ..Limits::default() };
+        let limits = Limits {
+            fuel: u64::MAX / 4,
+            timeout_ms: 30_000,
+            max_memory_bytes: 32 << 20,
+            ..Limits::default()
+        };
         let e = decide(&rt, &k, &limits, "hog", serde_json::json!({})).unwrap_err();
-        assert!(matches!(e, RuntimeError::MemoryLimit { limit } if limit == 32 << 20), "{e:?}");
+        assert!(
+            matches!(e, RuntimeError::MemoryLimit { limit } if limit == 32 << 20),
+            "{e:?}"
+        );
         assert_bank_account_works(&rt);
     }
 
@@ -216,7 +344,14 @@ mod hostile {
     fn invalid_json_output_is_a_typed_error() {
         let rt = runtime();
         let k = hostile(&rt, "t1");
-        let e = decide(&rt, &k, &Limits::default(), "bad-json", serde_json::json!({})).unwrap_err();
+        let e = decide(
+            &rt,
+            &k,
+            &Limits::default(),
+            "bad-json",
+            serde_json::json!({}),
+        )
+        .unwrap_err();
         match &e {
             RuntimeError::InvalidOutput(m) => assert!(m.contains("not JSON"), "{m}"),
             other => panic!("expected InvalidOutput, got {other:?}"),
@@ -228,13 +363,47 @@ mod hostile {
     fn too_many_events_and_too_many_bytes_are_limit_breaches() {
         let rt = runtime();
         let k = hostile(&rt, "t1");
-        let limits = Limits { max_events: 5, max_output_bytes: 10_000, ..Limits::default() };
-        let e = decide(&rt, &k, &limits, "many-events", serde_json::json!({"count": 6})).unwrap_err();
-        assert!(matches!(e, RuntimeError::TooManyEvents { count: 6, limit: 5 }), "{e:?}");
-        let ok = decide(&rt, &k, &limits, "many-events", serde_json::json!({"count": 5})).unwrap();
-        assert!(matches!(ok, Decision::Accepted(ref ev) if ev.len() == 5), "{ok:?}");
-        let e = decide(&rt, &k, &limits, "huge-output", serde_json::json!({"bytes": 20_000})).unwrap_err();
-        assert!(matches!(e, RuntimeError::OutputTooLarge { limit: 10_000, .. }), "{e:?}");
+        let limits = Limits {
+            max_events: 5,
+            max_output_bytes: 10_000,
+            ..Limits::default()
+        };
+        let e = decide(
+            &rt,
+            &k,
+            &limits,
+            "many-events",
+            serde_json::json!({"count": 6}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, RuntimeError::TooManyEvents { count: 6, limit: 5 }),
+            "{e:?}"
+        );
+        let ok = decide(
+            &rt,
+            &k,
+            &limits,
+            "many-events",
+            serde_json::json!({"count": 5}),
+        )
+        .unwrap();
+        assert!(
+            matches!(ok, Decision::Accepted(ref ev) if ev.len() == 5),
+            "{ok:?}"
+        );
+        let e = decide(
+            &rt,
+            &k,
+            &limits,
+            "huge-output",
+            serde_json::json!({"bytes": 20_000}),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, RuntimeError::OutputTooLarge { limit: 10_000, .. }),
+            "{e:?}"
+        );
         assert_bank_account_works(&rt);
     }
 
@@ -242,8 +411,18 @@ mod hostile {
     fn stderr_is_captured_and_bounded_without_failing_the_guest() {
         let rt = runtime();
         let k = hostile(&rt, "t1");
-        let limits = Limits { max_stderr_bytes: 1024, ..Limits::default() };
-        let d = decide(&rt, &k, &limits, "stderr", serde_json::json!({"bytes": 100_000})).unwrap();
+        let limits = Limits {
+            max_stderr_bytes: 1024,
+            ..Limits::default()
+        };
+        let d = decide(
+            &rt,
+            &k,
+            &limits,
+            "stderr",
+            serde_json::json!({"bytes": 100_000}),
+        )
+        .unwrap();
         assert!(matches!(d, Decision::Accepted(_)), "{d:?}");
     }
 
@@ -252,7 +431,9 @@ mod hostile {
         let rt = runtime();
         let e = rt.load(&bytes(FORBIDDEN_IMPORT)).unwrap_err();
         match &e {
-            RuntimeError::ForbiddenImport { import, .. } => assert!(import.starts_with("evil:"), "{import}"),
+            RuntimeError::ForbiddenImport { import, .. } => {
+                assert!(import.starts_with("evil:"), "{import}")
+            }
             other => panic!("expected ForbiddenImport, got {other:?}"),
         }
         assert!(e.to_string().contains("evil:"), "{e}");
@@ -263,14 +444,27 @@ mod hostile {
     #[test]
     fn non_wasm_and_core_modules_are_rejected() {
         let rt = runtime();
-        assert!(matches!(rt.load(b"hello world, not wasm"), Err(RuntimeError::NotWasm)));
+        assert!(matches!(
+            rt.load(b"hello world, not wasm"),
+            Err(RuntimeError::NotWasm)
+        ));
         let core = wat::parse_str("(module (func (export \"f\")))").unwrap();
         assert!(matches!(rt.load(&core), Err(RuntimeError::CoreModule)));
         let mut truncated = bytes(BANK_ACCOUNT);
         truncated.truncate(truncated.len() / 2);
-        assert!(matches!(rt.load(&truncated), Err(RuntimeError::Compile { .. })));
+        assert!(matches!(
+            rt.load(&truncated),
+            Err(RuntimeError::Compile { .. })
+        ));
         let wrong_world = wat::parse_str("(component)").unwrap();
-        assert!(matches!(rt.load(&wrong_world), Err(RuntimeError::WorldMismatch { .. })), "{:?}", rt.load(&wrong_world));
+        assert!(
+            matches!(
+                rt.load(&wrong_world),
+                Err(RuntimeError::WorldMismatch { .. })
+            ),
+            "{:?}",
+            rt.load(&wrong_world)
+        );
     }
 }
 
@@ -291,7 +485,11 @@ mod cache {
         assert_eq!(rt.load(&b).unwrap().0, h1);
         assert_eq!(rt.stats().compiles, 1);
         rt.load(&b).unwrap();
-        assert_eq!(rt.stats().compiles, 1, "second load of the same bytes is served from memory");
+        assert_eq!(
+            rt.stats().compiles,
+            1,
+            "second load of the same bytes is served from memory"
+        );
     }
 
     #[test]
@@ -300,13 +498,19 @@ mod cache {
         let b = bytes(BANK_ACCOUNT);
         let first = runtime_with_artifacts(dir.path());
         first.load(&b).unwrap();
-        assert_eq!((first.stats().compiles, first.stats().artifact_loads), (1, 0));
+        assert_eq!(
+            (first.stats().compiles, first.stats().artifact_loads),
+            (1, 0)
+        );
         drop(first);
 
         let second = runtime_with_artifacts(dir.path());
         let (_, source) = second.load(&b).unwrap();
         assert_eq!(source, aggregate_host::runtime::LoadSource::Artifact);
-        assert_eq!((second.stats().compiles, second.stats().artifact_loads), (0, 1));
+        assert_eq!(
+            (second.stats().compiles, second.stats().artifact_loads),
+            (0, 1)
+        );
         assert_bank_account_works(&second);
     }
 
@@ -327,13 +531,21 @@ mod cache {
         let second = runtime_with_artifacts(dir.path());
         second.load(&b).unwrap();
         let s = second.stats();
-        assert_eq!((s.artifact_rejects, s.compiles, s.artifact_loads), (1, 1, 0), "{s:?}");
+        assert_eq!(
+            (s.artifact_rejects, s.compiles, s.artifact_loads),
+            (1, 1, 0),
+            "{s:?}"
+        );
         assert_bank_account_works(&second);
         drop(second);
 
         let third = runtime_with_artifacts(dir.path());
         third.load(&b).unwrap();
-        assert_eq!((third.stats().compiles, third.stats().artifact_loads), (0, 1), "the rewritten artifact is good");
+        assert_eq!(
+            (third.stats().compiles, third.stats().artifact_loads),
+            (0, 1),
+            "the rewritten artifact is good"
+        );
     }
 
     #[test]
@@ -343,11 +555,18 @@ mod cache {
         let (bank, _) = first.load(&bytes(BANK_ACCOUNT)).unwrap();
         let (hostile, _) = first.load(&bytes(HOSTILE)).unwrap();
         // Put hostile's compiled code where bank-account's belongs.
-        std::fs::copy(first.artifact_path(&hostile).unwrap(), first.artifact_path(&bank).unwrap()).unwrap();
+        std::fs::copy(
+            first.artifact_path(&hostile).unwrap(),
+            first.artifact_path(&bank).unwrap(),
+        )
+        .unwrap();
         drop(first);
         let second = runtime_with_artifacts(dir.path());
         second.load(&bytes(BANK_ACCOUNT)).unwrap();
-        assert_eq!((second.stats().artifact_rejects, second.stats().compiles), (1, 1));
+        assert_eq!(
+            (second.stats().artifact_rejects, second.stats().compiles),
+            (1, 1)
+        );
         assert_bank_account_works(&second);
     }
 }
@@ -360,7 +579,9 @@ mod isolation {
         let state = Json::parse("{}").unwrap();
         rt.with_instance(k, &Limits::default(), Isolation::Pooled, |g| {
             let d = g.decide(&state, &command(k, "whoami", serde_json::json!({})))?;
-            let Decision::Accepted(ev) = d else { panic!("whoami refused: {d:?}") };
+            let Decision::Accepted(ev) = d else {
+                panic!("whoami refused: {d:?}")
+            };
             Ok((g.instance_id(), ev[0].payload.to_value()))
         })
         .unwrap()
@@ -375,9 +596,16 @@ mod isolation {
         for round in 0..30 {
             let t = tenants[round % 3];
             let (id, seen) = whoami(&rt, &key(t, "hostile", hash));
-            assert_eq!(*owner.entry(id).or_insert(t), t, "instance {id} served two tenants");
+            assert_eq!(
+                *owner.entry(id).or_insert(t),
+                t,
+                "instance {id} served two tenants"
+            );
             let previous = &seen["previous"];
-            assert!(previous.is_null() || previous == t, "tenant {t} saw {previous} in its instance");
+            assert!(
+                previous.is_null() || previous == t,
+                "tenant {t} saw {previous} in its instance"
+            );
         }
         assert_eq!(owner.len(), 3, "one warm instance per tenant");
         let s = rt.stats();
@@ -397,14 +625,18 @@ mod isolation {
         let used = rt
             .with_instance(&k, &Limits::default(), Isolation::Pooled, |g| {
                 let id = g.instance_id();
-                g.decide(&state, &command(&k, "panic", serde_json::json!({}))).map(|_| id)
+                g.decide(&state, &command(&k, "panic", serde_json::json!({})))
+                    .map(|_| id)
             })
             .unwrap_err();
         assert!(matches!(used, RuntimeError::Panicked { .. }));
         assert_eq!(rt.stats().discards, discards + 1);
         let (after, seen) = whoami(&rt, &k);
         assert_ne!(after, first, "the instance that trapped is gone");
-        assert!(seen["previous"].is_null(), "a fresh instance has no memory: {seen}");
+        assert!(
+            seen["previous"].is_null(),
+            "a fresh instance has no memory: {seen}"
+        );
     }
 
     #[test]
@@ -415,7 +647,11 @@ mod isolation {
         let before = rt.stats();
         let mut ids = std::collections::HashSet::new();
         for _ in 0..10 {
-            let id = rt.with_instance(&k, &Limits::default(), Isolation::PerCommand, |g| g.init().map(|_| g.instance_id())).unwrap();
+            let id = rt
+                .with_instance(&k, &Limits::default(), Isolation::PerCommand, |g| {
+                    g.init().map(|_| g.instance_id())
+                })
+                .unwrap();
             ids.insert(id);
         }
         let after = rt.stats();
@@ -430,9 +666,18 @@ mod isolation {
         let rt = runtime();
         let (hash, _) = rt.load(&bytes(BANK_ACCOUNT)).unwrap();
         let k = key("a", "bank-account", hash);
-        let limits = Limits { max_calls_per_instance: 3, ..Limits::default() };
-        let ids: Vec<u64> =
-            (0..7).map(|_| rt.with_instance(&k, &limits, Isolation::Pooled, |g| g.init().map(|_| g.instance_id())).unwrap()).collect();
+        let limits = Limits {
+            max_calls_per_instance: 3,
+            ..Limits::default()
+        };
+        let ids: Vec<u64> = (0..7)
+            .map(|_| {
+                rt.with_instance(&k, &limits, Isolation::Pooled, |g| {
+                    g.init().map(|_| g.instance_id())
+                })
+                .unwrap()
+            })
+            .collect();
         assert_eq!(ids[0], ids[2]);
         assert_ne!(ids[2], ids[3]);
         assert_eq!(ids[3], ids[5]);
@@ -444,22 +689,43 @@ mod isolation {
         let rt = runtime();
         let (bank, _) = rt.load(&bytes(BANK_ACCOUNT)).unwrap();
         let (other, _) = rt.load(&bytes(HOSTILE)).unwrap();
-        let id = |h| rt.with_instance(&key("a", "t", h), &Limits::default(), Isolation::Pooled, |g| g.init().map(|_| g.instance_id())).unwrap();
+        let id = |h| {
+            rt.with_instance(
+                &key("a", "t", h),
+                &Limits::default(),
+                Isolation::Pooled,
+                |g| g.init().map(|_| g.instance_id()),
+            )
+            .unwrap()
+        };
         let v1 = id(bank);
         assert_eq!(id(bank), v1);
         let v2 = id(other);
         assert_ne!(v1, v2);
         rt.unload(&bank);
-        assert_eq!(rt.warm_instances(), 1, "unloading a component drops its warm instances");
+        assert_eq!(
+            rt.warm_instances(),
+            1,
+            "unloading a component drops its warm instances"
+        );
     }
 
     #[test]
     fn the_warm_pool_is_bounded() {
-        let rt = Runtime::new(RuntimeConfig { max_warm_instances: 4, ..RuntimeConfig::default() }).unwrap();
+        let rt = Runtime::new(RuntimeConfig {
+            max_warm_instances: 4,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
         let (hash, _) = rt.load(&bytes(BANK_ACCOUNT)).unwrap();
         for t in 0..10 {
-            rt.with_instance(&key(&format!("t{t}"), "bank-account", hash), &Limits::default(), Isolation::Pooled, |g| g.init())
-                .unwrap();
+            rt.with_instance(
+                &key(&format!("t{t}"), "bank-account", hash),
+                &Limits::default(),
+                Isolation::Pooled,
+                |g| g.init(),
+            )
+            .unwrap();
         }
         assert_eq!(rt.warm_instances(), 4);
     }
@@ -469,38 +735,64 @@ mod manifest {
     use super::*;
 
     fn registry(dir: &std::path::Path) -> Result<Registry, RegistryError> {
-        Registry::open(dir, &dir.join("manifest.yaml"), Arc::new(runtime()), 64 << 20)
+        Registry::open(
+            dir,
+            &dir.join("manifest.yaml"),
+            Arc::new(runtime()),
+            64 << 20,
+        )
     }
 
     #[test]
     fn a_missing_component_is_named_with_its_type() {
         let dir = tempfile::tempdir().unwrap();
-        let text = format!("aggregates:\n  bank-account:\n    component: sha256:{}\n", "ab".repeat(32));
+        let text = format!(
+            "aggregates:\n  bank-account:\n    component: sha256:{}\n",
+            "ab".repeat(32)
+        );
         std::fs::write(dir.path().join("manifest.yaml"), text).unwrap();
         let e = registry(dir.path()).err().expect("missing blob must fail");
         let msg = e.to_string();
-        assert!(msg.contains("bank-account") && msg.contains("not in the component store"), "{msg}");
+        assert!(
+            msg.contains("bank-account") && msg.contains("not in the component store"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn an_invalid_component_is_named_with_its_type() {
         let dir = tempfile::tempdir().unwrap();
-        let store = aggregate_host::registry::ComponentStore::open(&dir.path().join("components")).unwrap();
+        let store =
+            aggregate_host::registry::ComponentStore::open(&dir.path().join("components")).unwrap();
         let (hash, _) = store.insert(&bytes(FORBIDDEN_IMPORT)).unwrap();
-        std::fs::write(dir.path().join("manifest.yaml"), format!("aggregates:\n  sneaky:\n    component: {hash}\n")).unwrap();
-        let msg = registry(dir.path()).err().expect("forbidden import must fail").to_string();
+        std::fs::write(
+            dir.path().join("manifest.yaml"),
+            format!("aggregates:\n  sneaky:\n    component: {hash}\n"),
+        )
+        .unwrap();
+        let msg = registry(dir.path())
+            .err()
+            .expect("forbidden import must fail")
+            .to_string();
         assert!(msg.contains("sneaky") && msg.contains("evil:"), "{msg}");
     }
 
     #[test]
     fn bad_limits_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let store = aggregate_host::registry::ComponentStore::open(&dir.path().join("components")).unwrap();
+        let store =
+            aggregate_host::registry::ComponentStore::open(&dir.path().join("components")).unwrap();
         let (hash, _) = store.insert(&bytes(BANK_ACCOUNT)).unwrap();
         let text = format!("aggregates:\n  bank-account:\n    component: {hash}\n    limits:\n      timeout_ms: 0\n");
         std::fs::write(dir.path().join("manifest.yaml"), text).unwrap();
-        let msg = registry(dir.path()).err().expect("zero timeout must fail").to_string();
-        assert!(msg.contains("bank-account") && msg.contains("timeout_ms"), "{msg}");
+        let msg = registry(dir.path())
+            .err()
+            .expect("zero timeout must fail")
+            .to_string();
+        assert!(
+            msg.contains("bank-account") && msg.contains("timeout_ms"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -510,14 +802,26 @@ mod manifest {
         let reg = registry(dir.path()).unwrap();
         let d = reg.deploy(&ty, &bytes(BANK_ACCOUNT), None).unwrap();
         assert_eq!((d.version, d.changed), (1, true));
-        assert!(!reg.deploy(&ty, &bytes(BANK_ACCOUNT), None).unwrap().changed, "same bytes: no new version");
+        assert!(
+            !reg.deploy(&ty, &bytes(BANK_ACCOUNT), None).unwrap().changed,
+            "same bytes: no new version"
+        );
         let before = std::fs::read_to_string(dir.path().join("manifest.yaml")).unwrap();
         for bad in [bytes(FORBIDDEN_IMPORT), b"garbage".to_vec()] {
             assert!(reg.deploy(&ty, &bad, None).is_err());
         }
-        assert_eq!(std::fs::read_to_string(dir.path().join("manifest.yaml")).unwrap(), before);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("manifest.yaml")).unwrap(),
+            before
+        );
         assert_eq!(reg.resolve(&ty).unwrap().component, d.component);
-        assert_eq!(std::fs::read_dir(dir.path().join("components")).unwrap().count(), 1, "refused bytes are not stored");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("components"))
+                .unwrap()
+                .count(),
+            1,
+            "refused bytes are not stored"
+        );
         drop(reg);
         let reopened = registry(dir.path()).unwrap();
         assert_eq!(reopened.resolve(&ty).unwrap().component, d.component);

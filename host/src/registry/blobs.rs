@@ -31,8 +31,13 @@ impl ComponentStore {
     ///
     /// [`RegistryError::BlobIo`] when it cannot be created.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| RegistryError::BlobIo { path: dir.to_path_buf(), source })?;
-        Ok(Self { dir: dir.to_path_buf() })
+        std::fs::create_dir_all(dir).map_err(|source| RegistryError::BlobIo {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The file a hash is stored in.
@@ -63,8 +68,15 @@ impl ComponentStore {
         if path.exists() {
             return Ok(false);
         }
-        let io = |source| RegistryError::BlobIo { path: path.clone(), source };
-        let tmp = self.dir.join(format!(".tmp-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple()));
+        let io = |source| RegistryError::BlobIo {
+            path: path.clone(),
+            source,
+        };
+        let tmp = self.dir.join(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7().simple()
+        ));
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
         f.write_all(bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
@@ -81,12 +93,17 @@ impl ComponentStore {
         let path = self.path(hash);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RegistryError::UnknownComponent(*hash)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RegistryError::UnknownComponent(*hash))
+            }
             Err(source) => return Err(RegistryError::BlobIo { path, source }),
         };
         let actual = ComponentHash::of(&bytes);
         if actual != *hash {
-            return Err(RegistryError::CorruptBlob { hash: *hash, actual });
+            return Err(RegistryError::CorruptBlob {
+                hash: *hash,
+                actual,
+            });
         }
         Ok(bytes)
     }

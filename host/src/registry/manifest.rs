@@ -82,7 +82,10 @@ impl Manifest {
     ///
     /// [`RegistryError::ManifestSyntax`] naming the line, column and field.
     pub fn from_yaml(path: &Path, text: &str) -> Result<Self> {
-        serde_yaml::from_str(text).map_err(|e| RegistryError::ManifestSyntax { path: path.to_path_buf(), reason: e.to_string() })
+        serde_yaml::from_str(text).map_err(|e| RegistryError::ManifestSyntax {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     }
 
     /// Read a manifest file; a missing file is an empty manifest.
@@ -94,7 +97,10 @@ impl Manifest {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::from_yaml(path, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(source) => Err(RegistryError::ManifestIo { path: path.to_path_buf(), source }),
+            Err(source) => Err(RegistryError::ManifestIo {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
@@ -104,7 +110,10 @@ impl Manifest {
     ///
     /// [`RegistryError::ManifestIo`].
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |source| RegistryError::ManifestIo { path: path.to_path_buf(), source };
+        let io = |source| RegistryError::ManifestIo {
+            path: path.to_path_buf(),
+            source,
+        };
         let text = serde_yaml::to_string(self).expect("manifest serializes");
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
@@ -129,7 +138,11 @@ impl Manifest {
     ) -> Deployed {
         match self.aggregates.get_mut(ty) {
             Some(e) if e.component == hash && limits.as_ref().is_none_or(|l| *l == e.limits) => {
-                Deployed { component: hash, version: e.version, changed: false }
+                Deployed {
+                    component: hash,
+                    version: e.version,
+                    changed: false,
+                }
             }
             Some(e) => {
                 if e.component != hash {
@@ -140,7 +153,11 @@ impl Manifest {
                 if let Some(l) = limits {
                     e.limits = l;
                 }
-                Deployed { component: hash, version: e.version, changed: true }
+                Deployed {
+                    component: hash,
+                    version: e.version,
+                    changed: true,
+                }
             }
             None => {
                 self.aggregates.insert(
@@ -155,22 +172,42 @@ impl Manifest {
                         history: Vec::new(),
                     },
                 );
-                Deployed { component: hash, version: 1, changed: true }
+                Deployed {
+                    component: hash,
+                    version: 1,
+                    changed: true,
+                }
             }
         }
     }
 
     pub(crate) fn previous(&self, ty: &AggregateType) -> Result<ComponentHash> {
-        let e = self.aggregates.get(ty).ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
-        e.history.last().copied().ok_or_else(|| RegistryError::NoEarlierVersion(ty.clone()))
+        let e = self
+            .aggregates
+            .get(ty)
+            .ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+        e.history
+            .last()
+            .copied()
+            .ok_or_else(|| RegistryError::NoEarlierVersion(ty.clone()))
     }
 
     pub(crate) fn roll_back(&mut self, ty: &AggregateType) -> Result<Deployed> {
-        let e = self.aggregates.get_mut(ty).ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
-        let prev = e.history.pop().ok_or_else(|| RegistryError::NoEarlierVersion(ty.clone()))?;
+        let e = self
+            .aggregates
+            .get_mut(ty)
+            .ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+        let prev = e
+            .history
+            .pop()
+            .ok_or_else(|| RegistryError::NoEarlierVersion(ty.clone()))?;
         e.component = prev;
         e.version += 1;
-        Ok(Deployed { component: prev, version: e.version, changed: true })
+        Ok(Deployed {
+            component: prev,
+            version: e.version,
+            changed: true,
+        })
     }
 }
 
@@ -181,15 +218,23 @@ mod tests {
     #[test]
     fn unknown_field_is_named() {
         let text = "aggregates:\n  bank-account:\n    component: sha256:00\n";
-        let e = Manifest::from_yaml(Path::new("m.yaml"), text).unwrap_err().to_string();
+        let e = Manifest::from_yaml(Path::new("m.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("component hash"), "{e}");
         let text = format!(
             "aggregates:\n  bank-account:\n    component: sha256:{}\n    limits: {{ fuel: 1, memory: 3 }}\n",
             "0".repeat(64)
         );
-        let e = Manifest::from_yaml(Path::new("m.yaml"), &text).unwrap_err().to_string();
+        let e = Manifest::from_yaml(Path::new("m.yaml"), &text)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `memory`"), "{e}");
-        let e = Manifest::from_yaml(Path::new("m.yaml"), "aggregates:\n  bad.type:\n    component: x\n").unwrap_err();
+        let e = Manifest::from_yaml(
+            Path::new("m.yaml"),
+            "aggregates:\n  bad.type:\n    component: x\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("aggregate type"), "{e}");
     }
 
@@ -198,13 +243,23 @@ mod tests {
         let ty = AggregateType::new("t").unwrap();
         let (a, b) = (ComponentHash::of(b"a"), ComponentHash::of(b"b"));
         let mut m = Manifest::default();
-        assert_eq!(m.activate(&ty, a, None, 100), Deployed { component: a, version: 1, changed: true });
+        assert_eq!(
+            m.activate(&ty, a, None, 100),
+            Deployed {
+                component: a,
+                version: 1,
+                changed: true
+            }
+        );
         assert!(!m.activate(&ty, a, None, 100).changed);
         assert_eq!(m.activate(&ty, b, None, 100).version, 2);
         assert_eq!(m.aggregates[&ty].history, vec![a]);
         let r = m.roll_back(&ty).unwrap();
         assert_eq!((r.component, r.version), (a, 3));
-        assert!(matches!(m.roll_back(&ty), Err(RegistryError::NoEarlierVersion(_))));
+        assert!(matches!(
+            m.roll_back(&ty),
+            Err(RegistryError::NoEarlierVersion(_))
+        ));
     }
 
     #[test]
@@ -212,9 +267,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("manifest.yaml");
         let mut m = Manifest::default();
-        m.activate(&AggregateType::new("t").unwrap(), ComponentHash::of(b"x"), None, 100);
+        m.activate(
+            &AggregateType::new("t").unwrap(),
+            ComponentHash::of(b"x"),
+            None,
+            100,
+        );
         m.save(&path).unwrap();
         assert_eq!(Manifest::load(&path).unwrap(), m);
-        assert_eq!(Manifest::load(&dir.path().join("absent.yaml")).unwrap(), Manifest::default());
+        assert_eq!(
+            Manifest::load(&dir.path().join("absent.yaml")).unwrap(),
+            Manifest::default()
+        );
     }
 }

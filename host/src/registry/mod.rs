@@ -137,7 +137,12 @@ impl Registry {
     ///
     /// Any manifest problem, a referenced blob that is missing or corrupted, or a component the
     /// runtime refuses — each naming the aggregate type.
-    pub fn open(dir: &Path, manifest_path: &Path, runtime: Arc<Runtime>, max_component_bytes: usize) -> Result<Self> {
+    pub fn open(
+        dir: &Path,
+        manifest_path: &Path,
+        runtime: Arc<Runtime>,
+        max_component_bytes: usize,
+    ) -> Result<Self> {
         let blobs = ComponentStore::open(&dir.join("components"))?;
         let manifest = Manifest::load(manifest_path)?;
         load_active(&manifest, &blobs, &runtime)?;
@@ -175,7 +180,10 @@ impl Registry {
     /// [`RegistryError::UnknownType`] when the type is not deployed.
     pub fn resolve(&self, ty: &AggregateType) -> Result<ActiveComponent> {
         let m = self.manifest.read();
-        let e = m.aggregates.get(ty).ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+        let e = m
+            .aggregates
+            .get(ty)
+            .ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
         Ok(ActiveComponent {
             component: e.component,
             version: e.version,
@@ -195,20 +203,32 @@ impl Registry {
     /// [`RegistryError::TooLarge`], [`RegistryError::Component`] (not wasm, not a component,
     /// forbidden import, wrong world, compile error), or an I/O error. In every error case the
     /// manifest and the active component are unchanged.
-    pub fn deploy(&self, ty: &AggregateType, bytes: &[u8], limits: Option<Limits>) -> Result<Deployed> {
+    pub fn deploy(
+        &self,
+        ty: &AggregateType,
+        bytes: &[u8],
+        limits: Option<Limits>,
+    ) -> Result<Deployed> {
         if bytes.len() > self.max_component_bytes {
-            return Err(RegistryError::TooLarge { size: bytes.len(), limit: self.max_component_bytes });
+            return Err(RegistryError::TooLarge {
+                size: bytes.len(),
+                limit: self.max_component_bytes,
+            });
         }
         if let Some(l) = &limits {
-            l.validate(self.runtime.config().max_memory_bytes).map_err(|reason| RegistryError::InvalidEntry {
-                aggregate_type: ty.clone(),
-                reason: format!("limits: {reason}"),
-            })?;
+            l.validate(self.runtime.config().max_memory_bytes)
+                .map_err(|reason| RegistryError::InvalidEntry {
+                    aggregate_type: ty.clone(),
+                    reason: format!("limits: {reason}"),
+                })?;
         }
         let (hash, _) = self
             .runtime
             .load(bytes)
-            .map_err(|source| RegistryError::Component { aggregate_type: ty.clone(), source })?;
+            .map_err(|source| RegistryError::Component {
+                aggregate_type: ty.clone(),
+                source,
+            })?;
         self.blobs.insert_with_hash(&hash, bytes)?;
         let _guard = self.deploy_lock.lock();
         let mut next = (*self.manifest()).clone();
@@ -228,13 +248,26 @@ impl Registry {
     ///
     /// [`RegistryError::UnknownType`]; [`RegistryError::InvalidEntry`] when `change` refuses or the
     /// limits do not validate; an I/O error.
-    pub fn update(&self, ty: &AggregateType, change: impl FnOnce(&mut TypeEntry) -> Result<(), String>) -> Result<()> {
+    pub fn update(
+        &self,
+        ty: &AggregateType,
+        change: impl FnOnce(&mut TypeEntry) -> Result<(), String>,
+    ) -> Result<()> {
         let _guard = self.deploy_lock.lock();
         let mut next = (*self.manifest()).clone();
-        let entry = next.aggregates.get_mut(ty).ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
-        let invalid = |reason| RegistryError::InvalidEntry { aggregate_type: ty.clone(), reason };
+        let entry = next
+            .aggregates
+            .get_mut(ty)
+            .ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+        let invalid = |reason| RegistryError::InvalidEntry {
+            aggregate_type: ty.clone(),
+            reason,
+        };
         change(entry).map_err(invalid)?;
-        entry.limits.validate(self.runtime.config().max_memory_bytes).map_err(|r| invalid(format!("limits: {r}")))?;
+        entry
+            .limits
+            .validate(self.runtime.config().max_memory_bytes)
+            .map_err(|r| invalid(format!("limits: {r}")))?;
         next.save(&self.manifest_path)?;
         *self.manifest.write() = Arc::new(next);
         Ok(())
@@ -251,9 +284,19 @@ impl Registry {
         let next = Manifest::load(&self.manifest_path)?;
         load_active(&next, &self.blobs, &self.runtime)?;
         let current = self.manifest();
-        let mut changed: Vec<AggregateType> =
-            next.aggregates.iter().filter(|(ty, e)| current.aggregates.get(*ty) != Some(*e)).map(|(ty, _)| ty.clone()).collect();
-        changed.extend(current.aggregates.keys().filter(|ty| !next.aggregates.contains_key(*ty)).cloned());
+        let mut changed: Vec<AggregateType> = next
+            .aggregates
+            .iter()
+            .filter(|(ty, e)| current.aggregates.get(*ty) != Some(*e))
+            .map(|(ty, _)| ty.clone())
+            .collect();
+        changed.extend(
+            current
+                .aggregates
+                .keys()
+                .filter(|ty| !next.aggregates.contains_key(*ty))
+                .cloned(),
+        );
         *self.manifest.write() = Arc::new(next);
         tracing::info!(changed = changed.len(), "manifest reloaded");
         Ok(changed)
@@ -272,7 +315,10 @@ impl Registry {
             let bytes = self.blobs.get(&previous)?;
             self.runtime
                 .load(&bytes)
-                .map_err(|source| RegistryError::Component { aggregate_type: ty.clone(), source })?;
+                .map_err(|source| RegistryError::Component {
+                    aggregate_type: ty.clone(),
+                    source,
+                })?;
         }
         let outcome = next.roll_back(ty)?;
         next.save(&self.manifest_path)?;
@@ -286,17 +332,28 @@ impl Registry {
 fn load_active(manifest: &Manifest, blobs: &ComponentStore, runtime: &Runtime) -> Result<()> {
     let engine_max = runtime.config().max_memory_bytes;
     for (ty, entry) in &manifest.aggregates {
-        entry.limits.validate(engine_max).map_err(|reason| RegistryError::InvalidEntry {
-            aggregate_type: ty.clone(),
-            reason: format!("limits: {reason}"),
-        })?;
+        entry
+            .limits
+            .validate(engine_max)
+            .map_err(|reason| RegistryError::InvalidEntry {
+                aggregate_type: ty.clone(),
+                reason: format!("limits: {reason}"),
+            })?;
         if runtime.is_loaded(&entry.component) {
             continue;
         }
         let bytes = blobs
             .get(&entry.component)
-            .map_err(|e| RegistryError::InvalidEntry { aggregate_type: ty.clone(), reason: e.to_string() })?;
-        runtime.load(&bytes).map_err(|source| RegistryError::Component { aggregate_type: ty.clone(), source })?;
+            .map_err(|e| RegistryError::InvalidEntry {
+                aggregate_type: ty.clone(),
+                reason: e.to_string(),
+            })?;
+        runtime
+            .load(&bytes)
+            .map_err(|source| RegistryError::Component {
+                aggregate_type: ty.clone(),
+                source,
+            })?;
     }
     Ok(())
 }

@@ -11,8 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::Engine;
 
 use crate::types::ComponentHash;
 
@@ -101,7 +101,11 @@ impl ArtifactStore {
 }
 
 fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    let name = format!(".tmp-{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+    let name = format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        uuid::Uuid::now_v7().simple()
+    );
     let path = dir.join(name);
     let f = std::fs::File::create(&path)?;
     Ok((path, f))

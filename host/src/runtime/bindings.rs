@@ -7,4 +7,7 @@ mod generated {
     });
 }
 
-pub use generated::{Aggregate, AggregatePre, Command as WitCommand, DecideError as WitDecideError, Event as WitEvent};
+pub use generated::{
+    Aggregate, AggregatePre, Command as WitCommand, DecideError as WitDecideError,
+    Event as WitEvent,
+};

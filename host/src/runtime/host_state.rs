@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand_core::{Infallible, TryRng};
-use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
 use super::stderr::StderrCapture;
@@ -40,7 +40,10 @@ impl HostState {
         Self {
             wasi: b.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max: max_memory_bytes, hit: false },
+            limiter: MemoryLimiter {
+                max: max_memory_bytes,
+                hit: false,
+            },
             stderr,
             determinism,
         }
@@ -49,7 +52,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -62,7 +68,12 @@ pub(crate) struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let ok = desired <= self.max && maximum.is_none_or(|m| desired <= m);
         if !ok {
             self.hit = true;
@@ -70,7 +81,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(ok)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000 && maximum.is_none_or(|m| desired <= m))
     }
 }

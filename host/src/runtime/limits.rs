@@ -55,7 +55,10 @@ impl Limits {
             return Err("fuel must be greater than 0".into());
         }
         if self.max_memory_bytes < (1 << 16) {
-            return Err(format!("max_memory_bytes {} is below one wasm page (65536)", self.max_memory_bytes));
+            return Err(format!(
+                "max_memory_bytes {} is below one wasm page (65536)",
+                self.max_memory_bytes
+            ));
         }
         if self.max_memory_bytes > engine_max_memory {
             return Err(format!(

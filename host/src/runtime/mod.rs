@@ -13,8 +13,8 @@ mod stderr;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -68,7 +68,9 @@ pub enum RuntimeError {
     #[error("not a WebAssembly component: the bytes do not start with the wasm magic number")]
     NotWasm,
     /// A core module was uploaded where a component is required.
-    #[error("a core WebAssembly module, not a component: build for wasm32-wasip2 or componentize it")]
+    #[error(
+        "a core WebAssembly module, not a component: build for wasm32-wasip2 or componentize it"
+    )]
     CoreModule,
     /// The component imports something the host does not link.
     #[error("component {hash} imports `{import}`, which is not allowed: {reason}")]
@@ -199,7 +201,11 @@ impl RuntimeError {
     pub fn is_rejected_component(&self) -> bool {
         matches!(
             self,
-            Self::NotWasm | Self::CoreModule | Self::ForbiddenImport { .. } | Self::WorldMismatch { .. } | Self::Compile { .. }
+            Self::NotWasm
+                | Self::CoreModule
+                | Self::ForbiddenImport { .. }
+                | Self::WorldMismatch { .. }
+                | Self::Compile { .. }
         )
     }
 
@@ -294,7 +300,9 @@ impl Runtime {
     /// When the engine cannot be created or the artifact directory cannot be created.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
         let mut c = Config::new();
-        c.wasm_component_model(true).consume_fuel(true).epoch_interruption(true);
+        c.wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true);
         if config.pooling {
             let slots = config.max_warm_instances as u32 + 128;
             let mut p = PoolingAllocationConfig::default();
@@ -315,9 +323,11 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         let artifacts = match &config.artifact_dir {
-            Some(dir) => Some(ArtifactStore::open(dir, &engine).map_err(|source| RuntimeError::ArtifactStore {
-                path: dir.clone(),
-                source,
+            Some(dir) => Some(ArtifactStore::open(dir, &engine).map_err(|source| {
+                RuntimeError::ArtifactStore {
+                    path: dir.clone(),
+                    source,
+                }
             })?),
             None => None,
         };
@@ -326,12 +336,14 @@ impl Runtime {
             let engine = engine.clone();
             let stop = stop_ticker.clone();
             let tick = config.epoch_tick;
-            std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    engine.increment_epoch();
-                }
-            })?;
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(tick);
+                        engine.increment_epoch();
+                    }
+                })?;
         }
         Ok(Self {
             engine,
@@ -394,27 +406,37 @@ impl Runtime {
             return Ok((hash, LoadSource::Memory));
         }
         check_header(bytes)?;
-        let (component, source) = match self.artifacts.as_ref().map(|a| a.get(&self.engine, &hash)) {
+        let (component, source) = match self.artifacts.as_ref().map(|a| a.get(&self.engine, &hash))
+        {
             Some(Lookup::Loaded(c)) => {
                 self.counters.artifact_loads.fetch_add(1, Ordering::Relaxed);
                 (c, LoadSource::Artifact)
             }
             found => {
                 if let Some(Lookup::Rejected(why)) = found {
-                    self.counters.artifact_rejects.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .artifact_rejects
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(component = %hash, reason = %why, "precompiled artifact refused; recompiling");
                 }
                 (self.compile(&hash, bytes)?, LoadSource::Compiled)
             }
         };
         if let Some((import, reason)) = policy::forbidden_import(&self.engine, &component) {
-            return Err(RuntimeError::ForbiddenImport { hash, import, reason });
+            return Err(RuntimeError::ForbiddenImport {
+                hash,
+                import,
+                reason,
+            });
         }
         let pre = self
             .linker
             .instantiate_pre(&component)
             .and_then(AggregatePre::new)
-            .map_err(|e| RuntimeError::WorldMismatch { hash, reason: format!("{e:#}") })?;
+            .map_err(|e| RuntimeError::WorldMismatch {
+                hash,
+                reason: format!("{e:#}"),
+            })?;
         if source == LoadSource::Compiled {
             if let Some(a) = &self.artifacts {
                 if let Err(e) = a.insert(&hash, &component) {
@@ -422,14 +444,18 @@ impl Runtime {
                 }
             }
         }
-        self.components.write().insert(hash, Arc::new(Loaded { pre }));
+        self.components
+            .write()
+            .insert(hash, Arc::new(Loaded { pre }));
         Ok((hash, source))
     }
 
     fn compile(&self, hash: &ComponentHash, bytes: &[u8]) -> Result<Component> {
         let started = Instant::now();
-        let c = Component::from_binary(&self.engine, bytes)
-            .map_err(|e| RuntimeError::Compile { hash: *hash, reason: format!("{e:#}") })?;
+        let c = Component::from_binary(&self.engine, bytes).map_err(|e| RuntimeError::Compile {
+            hash: *hash,
+            reason: format!("{e:#}"),
+        })?;
         self.counters.compiles.fetch_add(1, Ordering::Relaxed);
         tracing::info!(component = %hash, ms = started.elapsed().as_millis() as u64, "compiled component");
         Ok(c)
@@ -459,7 +485,11 @@ impl Runtime {
         f: impl FnOnce(&mut Guest<'_>) -> Result<R>,
     ) -> Result<R> {
         let pooled = isolation == Isolation::Pooled;
-        let warm = if pooled { self.pool.lock().take(key) } else { None };
+        let warm = if pooled {
+            self.pool.lock().take(key)
+        } else {
+            None
+        };
         let mut inst = match warm {
             Some(i) => {
                 self.counters.pool_hits.fetch_add(1, Ordering::Relaxed);
@@ -479,7 +509,10 @@ impl Runtime {
         let clean = guest.clean && out.is_ok();
         if !clean {
             self.counters.discards.fetch_add(1, Ordering::Relaxed);
-        } else if pooled && inst.calls < limits.max_calls_per_instance && self.is_loaded(&key.component) {
+        } else if pooled
+            && inst.calls < limits.max_calls_per_instance
+            && self.is_loaded(&key.component)
+        {
             let evicted = self.pool.lock().put(key.clone(), inst);
             drop(evicted);
         }
@@ -487,10 +520,18 @@ impl Runtime {
     }
 
     fn instantiate(&self, key: &InstanceKey, limits: &Limits) -> Result<Instance> {
-        let loaded = self.components.read().get(&key.component).cloned().ok_or(RuntimeError::NotLoaded(key.component))?;
+        let loaded = self
+            .components
+            .read()
+            .get(&key.component)
+            .cloned()
+            .ok_or(RuntimeError::NotLoaded(key.component))?;
         let mut attempt = 0;
         loop {
-            let mut store = Store::new(&self.engine, HostState::new(limits.max_memory_bytes, limits.max_stderr_bytes));
+            let mut store = Store::new(
+                &self.engine,
+                HostState::new(limits.max_memory_bytes, limits.max_stderr_bytes),
+            );
             store.limiter(|s| &mut s.limiter);
             arm(&mut store, limits, self.config.epoch_tick);
             match loaded.pre.instantiate(&mut store) {
@@ -507,18 +548,29 @@ impl Runtime {
                 Err(e) => {
                     // The pooling allocator may be out of slots while warm instances hold them:
                     // evict the least recently used one and try once more.
-                    let freed = if attempt == 0 { self.pool.lock().evict_lru() } else { None };
+                    let freed = if attempt == 0 {
+                        self.pool.lock().evict_lru()
+                    } else {
+                        None
+                    };
                     if freed.is_some() {
                         attempt += 1;
                         drop(freed);
                         continue;
                     }
                     let (stderr, _) = store.data().stderr.take();
-                    let mut g = GuestFault { store: &mut store, limits };
+                    let mut g = GuestFault {
+                        store: &mut store,
+                        limits,
+                    };
                     return Err(match g.classify(e, stderr) {
                         RuntimeError::Trap { trap, stderr } => RuntimeError::Instantiate {
                             hash: key.component,
-                            reason: if stderr.is_empty() { trap } else { format!("{trap} (stderr: {stderr})") },
+                            reason: if stderr.is_empty() {
+                                trap
+                            } else {
+                                format!("{trap} (stderr: {stderr})")
+                            },
                         },
                         other => other,
                     });
@@ -576,14 +628,25 @@ struct GuestFault<'a> {
 impl GuestFault<'_> {
     fn classify(&mut self, e: wasmtime::Error, stderr: String) -> RuntimeError {
         if self.store.data().limiter.hit {
-            return RuntimeError::MemoryLimit { limit: self.limits.max_memory_bytes };
+            return RuntimeError::MemoryLimit {
+                limit: self.limits.max_memory_bytes,
+            };
         }
         match e.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => RuntimeError::FuelExhausted { limit: self.limits.fuel },
-            Some(Trap::Interrupt) => RuntimeError::Timeout { limit_ms: self.limits.timeout_ms },
+            Some(Trap::OutOfFuel) => RuntimeError::FuelExhausted {
+                limit: self.limits.fuel,
+            },
+            Some(Trap::Interrupt) => RuntimeError::Timeout {
+                limit_ms: self.limits.timeout_ms,
+            },
             _ => match stderr.find("panicked at") {
-                Some(at) => RuntimeError::Panicked { message: truncate(stderr[at..].trim().to_string()) },
-                None => RuntimeError::Trap { trap: truncate(format!("{e:#}")), stderr: truncate(stderr) },
+                Some(at) => RuntimeError::Panicked {
+                    message: truncate(stderr[at..].trim().to_string()),
+                },
+                None => RuntimeError::Trap {
+                    trap: truncate(format!("{e:#}")),
+                    stderr: truncate(stderr),
+                },
             },
         }
     }
@@ -624,7 +687,10 @@ impl Guest<'_> {
 
     /// Log stderr, record fuel, and turn a wasmtime error into a typed one.
     fn finish<T>(&mut self, r: wasmtime::Result<T>) -> Result<T> {
-        self.fuel_used = self.limits.fuel.saturating_sub(self.inst.store.get_fuel().unwrap_or(0));
+        self.fuel_used = self
+            .limits
+            .fuel
+            .saturating_sub(self.inst.store.get_fuel().unwrap_or(0));
         let (stderr, dropped) = self.inst.store.data().stderr.take();
         if !stderr.is_empty() {
             tracing::info!(target: "guest", component = %self.hash, tenant = %self.inst.tenant, dropped, "{}", stderr.trim_end());
@@ -633,11 +699,17 @@ impl Guest<'_> {
             Ok(v) if !self.inst.store.data().limiter.hit => Ok(v),
             Ok(_) => {
                 self.clean = false;
-                Err(RuntimeError::MemoryLimit { limit: self.limits.max_memory_bytes })
+                Err(RuntimeError::MemoryLimit {
+                    limit: self.limits.max_memory_bytes,
+                })
             }
             Err(e) => {
                 self.clean = false;
-                Err(GuestFault { store: &mut self.inst.store, limits: self.limits }.classify(e, stderr))
+                Err(GuestFault {
+                    store: &mut self.inst.store,
+                    limits: self.limits,
+                }
+                .classify(e, stderr))
             }
         }
     }
@@ -649,11 +721,16 @@ impl Guest<'_> {
 
     fn check_state(&mut self, state: String) -> Result<Json> {
         if state.len() > self.limits.max_output_bytes {
-            return self.fail(RuntimeError::OutputTooLarge { bytes: state.len(), limit: self.limits.max_output_bytes });
+            return self.fail(RuntimeError::OutputTooLarge {
+                bytes: state.len(),
+                limit: self.limits.max_output_bytes,
+            });
         }
         match Json::parse(state) {
             Ok(j) => Ok(j),
-            Err(e) => self.fail(RuntimeError::InvalidOutput(format!("state is not JSON: {e}"))),
+            Err(e) => self.fail(RuntimeError::InvalidOutput(format!(
+                "state is not JSON: {e}"
+            ))),
         }
     }
 
@@ -679,8 +756,16 @@ impl Guest<'_> {
     /// Any limit breach, trap, or output that breaks the contract (too many events, too many bytes,
     /// a payload that is not JSON, an empty event type).
     pub fn decide(&mut self, state: &Json, command: &Command) -> Result<Decision> {
-        let now = command.received_at.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
-        let seed = u64::from_le_bytes(command.command_id.as_uuid().as_bytes()[8..].try_into().expect("8 bytes"));
+        let now = command
+            .received_at
+            .timestamp_nanos_opt()
+            .unwrap_or(0)
+            .max(0) as u64;
+        let seed = u64::from_le_bytes(
+            command.command_id.as_uuid().as_bytes()[8..]
+                .try_into()
+                .expect("8 bytes"),
+        );
         self.begin(now, seed);
         let wit = WitCommand {
             command_id: command.command_id.to_string(),
@@ -690,7 +775,10 @@ impl Guest<'_> {
             aggregate_id: command.target.aggregate_id.to_string(),
             metadata: metadata_pairs(command),
         };
-        let r = self.inst.bindings.call_decide(&mut self.inst.store, state.as_str(), &wit);
+        let r = self
+            .inst
+            .bindings
+            .call_decide(&mut self.inst.store, state.as_str(), &wit);
         match self.finish(r)? {
             Ok(events) => self.check_events(events).map(Decision::Accepted),
             Err(WitDecideError::Rejected(m)) => {
@@ -707,16 +795,27 @@ impl Guest<'_> {
     fn check_events(&mut self, events: Vec<WitEvent>) -> Result<Vec<NewEvent>> {
         let limit = self.limits.max_events;
         if events.len() > limit {
-            return self.fail(RuntimeError::TooManyEvents { count: events.len(), limit });
+            return self.fail(RuntimeError::TooManyEvents {
+                count: events.len(),
+                limit,
+            });
         }
-        let bytes: usize = events.iter().map(|e| e.event_type.len() + e.payload.len()).sum();
+        let bytes: usize = events
+            .iter()
+            .map(|e| e.event_type.len() + e.payload.len())
+            .sum();
         if bytes > self.limits.max_output_bytes {
-            return self.fail(RuntimeError::OutputTooLarge { bytes, limit: self.limits.max_output_bytes });
+            return self.fail(RuntimeError::OutputTooLarge {
+                bytes,
+                limit: self.limits.max_output_bytes,
+            });
         }
         let mut out = Vec::with_capacity(events.len());
         for (i, e) in events.into_iter().enumerate() {
             if let Some(why) = bad_event_type(&e.event_type) {
-                return self.fail(RuntimeError::InvalidOutput(format!("event {i}: event type {why}")));
+                return self.fail(RuntimeError::InvalidOutput(format!(
+                    "event {i}: event type {why}"
+                )));
             }
             if e.schema_version == 0 {
                 return self.fail(RuntimeError::InvalidOutput(format!(
@@ -733,7 +832,11 @@ impl Guest<'_> {
                     )));
                 }
             };
-            out.push(NewEvent { event_type: e.event_type, schema_version: e.schema_version, payload });
+            out.push(NewEvent {
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                payload,
+            });
         }
         Ok(out)
     }
@@ -744,7 +847,11 @@ impl Guest<'_> {
     ///
     /// [`RuntimeError::ApplyFailed`] when the guest refuses, any limit breach or trap, or a state
     /// that is not JSON or too large.
-    pub fn apply<'e>(&mut self, state: &Json, events: impl IntoIterator<Item = EventData<'e>>) -> Result<Json> {
+    pub fn apply<'e>(
+        &mut self,
+        state: &Json,
+        events: impl IntoIterator<Item = EventData<'e>>,
+    ) -> Result<Json> {
         let wit: Vec<WitEvent> = events
             .into_iter()
             .map(|e| WitEvent {
@@ -754,7 +861,10 @@ impl Guest<'_> {
             })
             .collect();
         self.begin(0, 0);
-        let r = self.inst.bindings.call_apply(&mut self.inst.store, state.as_str(), &wit);
+        let r = self
+            .inst
+            .bindings
+            .call_apply(&mut self.inst.store, state.as_str(), &wit);
         match self.finish(r)? {
             Ok(s) => self.check_state(s),
             Err(m) => self.fail(RuntimeError::ApplyFailed(truncate(m))),
@@ -776,8 +886,11 @@ fn bad_event_type(t: &str) -> Option<&'static str> {
 
 fn metadata_pairs(command: &Command) -> Vec<(String, String)> {
     let m = &command.metadata;
-    [("correlation-id", &m.correlation_id), ("traceparent", &m.traceparent)]
-        .into_iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))
-        .collect()
+    [
+        ("correlation-id", &m.correlation_id),
+        ("traceparent", &m.traceparent),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone())))
+    .collect()
 }

@@ -41,7 +41,12 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn new(cap: usize) -> Self {
-        Self { cap, tick: 0, by_key: HashMap::new(), lru: BTreeMap::new() }
+        Self {
+            cap,
+            tick: 0,
+            by_key: HashMap::new(),
+            lru: BTreeMap::new(),
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -93,7 +98,12 @@ impl Pool {
 
     /// Remove every instance of a component (it was replaced or unloaded).
     pub(crate) fn retire(&mut self, component: &ComponentHash) -> Vec<Instance> {
-        let keys: Vec<InstanceKey> = self.by_key.keys().filter(|k| &k.component == component).cloned().collect();
+        let keys: Vec<InstanceKey> = self
+            .by_key
+            .keys()
+            .filter(|k| &k.component == component)
+            .cloned()
+            .collect();
         let mut out = Vec::new();
         for k in keys {
             for (tick, inst) in self.by_key.remove(&k).unwrap_or_default() {

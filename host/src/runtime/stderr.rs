@@ -24,7 +24,10 @@ pub(crate) struct StderrCapture {
 
 impl StderrCapture {
     pub(crate) fn new(cap: usize) -> Self {
-        Self { inner: Arc::default(), cap }
+        Self {
+            inner: Arc::default(),
+            cap,
+        }
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -80,7 +83,11 @@ impl OutputStream for StderrCapture {
 }
 
 impl tokio::io::AsyncWrite for StderrCapture {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

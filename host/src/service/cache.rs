@@ -27,7 +27,14 @@ pub(super) struct HotCache {
 
 impl HotCache {
     pub(super) fn new(cap: usize) -> Self {
-        Self { cap, inner: Mutex::new(Inner { tick: 0, map: HashMap::new(), order: BTreeMap::new() }) }
+        Self {
+            cap,
+            inner: Mutex::new(Inner {
+                tick: 0,
+                map: HashMap::new(),
+                order: BTreeMap::new(),
+            }),
+        }
     }
 
     pub(super) fn get(&self, k: &AggregateRef) -> Option<Cached> {
@@ -55,7 +62,9 @@ impl HotCache {
         }
         g.order.insert(tick, k);
         while g.map.len() > self.cap {
-            let Some((_, oldest)) = g.order.pop_first() else { break };
+            let Some((_, oldest)) = g.order.pop_first() else {
+                break;
+            };
             g.map.remove(&oldest);
         }
     }
@@ -82,7 +91,11 @@ mod tests {
     }
 
     fn val(v: u64) -> Cached {
-        Cached { version: Version(v), state: Json::parse("{}").unwrap(), component: ComponentHash::of(b"c") }
+        Cached {
+            version: Version(v),
+            state: Json::parse("{}").unwrap(),
+            component: ComponentHash::of(b"c"),
+        }
     }
 
     #[test]

@@ -14,9 +14,10 @@ use std::time::Duration;
 use self::cache::{Cached, HotCache};
 use crate::registry::{ActiveComponent, Registry, RegistryError, SnapshotPolicy};
 use crate::runtime::{Decision, InstanceKey, Runtime, RuntimeError};
-use crate::store::{Commit, EventLog, StoreError, snapshots::SnapshotStore};
+use crate::store::{snapshots::SnapshotStore, Commit, EventLog, StoreError};
 use crate::types::{
-    AggregateRef, Command, CommandId, CommandMetadata, ComponentHash, Event, InvalidValue, Json, Snapshot, TenantId, Version,
+    AggregateRef, Command, CommandId, CommandMetadata, ComponentHash, Event, InvalidValue, Json,
+    Snapshot, TenantId, Version,
 };
 
 /// Errors of the command service. Each documents the HTTP status the API maps it to.
@@ -109,7 +110,11 @@ pub struct ServiceConfig {
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        Self { max_attempts: 8, retry_backoff: Duration::from_millis(2), hot_cache_capacity: 10_000 }
+        Self {
+            max_attempts: 8,
+            retry_backoff: Duration::from_millis(2),
+            hot_cache_capacity: 10_000,
+        }
     }
 }
 
@@ -217,8 +222,13 @@ impl CommandService {
             log,
             snapshots,
             cache: HotCache::new(config.hot_cache_capacity),
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            config: ServiceConfig { max_attempts: config.max_attempts.max(1), ..config },
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            config: ServiceConfig {
+                max_attempts: config.max_attempts.max(1),
+                ..config
+            },
             observer: std::sync::OnceLock::new(),
         }
     }
@@ -285,9 +295,17 @@ impl CommandService {
     ///
     /// As [`submit`](Self::submit), and [`ServiceError::VersionMismatch`] when the aggregate is at
     /// another version.
-    pub async fn submit_expecting(&self, caller: &TenantId, submit: Submit, expected: Option<Version>) -> Result<CommandOutcome> {
+    pub async fn submit_expecting(
+        &self,
+        caller: &TenantId,
+        submit: Submit,
+        expected: Option<Version>,
+    ) -> Result<CommandOutcome> {
         if &submit.target.tenant != caller {
-            return Err(ServiceError::TenantAccessDenied { caller: caller.clone(), target: submit.target.tenant.clone() });
+            return Err(ServiceError::TenantAccessDenied {
+                caller: caller.clone(),
+                target: submit.target.tenant.clone(),
+            });
         }
         // Only a caller-supplied id can repeat; a generated one is new by construction, so the
         // lookup (a round trip on JetStream) is skipped. The append deduplicates regardless.
@@ -312,9 +330,15 @@ impl CommandService {
         let _serial = self.lock_for(&command.target).lock().await;
         let mut backoff = self.config.retry_backoff;
         for attempt in 1..=self.config.max_attempts {
-            let current = self.load(&command.target, &active, Freshness::Cached).await?;
+            let current = self
+                .load(&command.target, &active, Freshness::Cached)
+                .await?;
             if let Some(expected) = expected.filter(|e| *e != current.version) {
-                return Err(ServiceError::VersionMismatch { aggregate: command.target.clone(), expected, actual: current.version });
+                return Err(ServiceError::VersionMismatch {
+                    aggregate: command.target.clone(),
+                    expected,
+                    actual: current.version,
+                });
             }
             let (decision, next_state) = self.decide(&command, &active, &current).await?;
             let new_events = match decision {
@@ -338,7 +362,12 @@ impl CommandService {
                     recorded_at,
                 })
                 .collect();
-            let commit = Commit { aggregate: command.target.clone(), expected: current.version, command_id, events };
+            let commit = Commit {
+                aggregate: command.target.clone(),
+                expected: current.version,
+                command_id,
+                events,
+            };
             match self.log.append(commit).await {
                 Ok(appended) if appended.duplicate => {
                     self.cache.remove(&command.target);
@@ -348,10 +377,21 @@ impl CommandService {
                     let version = appended.version;
                     self.cache.put(
                         command.target.clone(),
-                        Cached { version, state: next_state.clone(), component: active.component },
+                        Cached {
+                            version,
+                            state: next_state.clone(),
+                            component: active.component,
+                        },
                     );
-                    self.maybe_snapshot(&active, &command.target, current.version, version, next_state, appended.position)
-                        .await;
+                    self.maybe_snapshot(
+                        &active,
+                        &command.target,
+                        current.version,
+                        version,
+                        next_state,
+                        appended.position,
+                    )
+                    .await;
                     return Ok(CommandOutcome {
                         command_id,
                         aggregate: command.target.clone(),
@@ -374,7 +414,10 @@ impl CommandService {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::Conflict { aggregate: command.target.clone(), attempts: self.config.max_attempts })
+        Err(ServiceError::Conflict {
+            aggregate: command.target.clone(),
+            attempts: self.config.max_attempts,
+        })
     }
 
     /// The current state of an aggregate.
@@ -382,9 +425,16 @@ impl CommandService {
     /// # Errors
     ///
     /// [`ServiceError::UnknownAggregate`] when it has no events; guest and storage errors.
-    pub async fn state(&self, caller: &TenantId, aggregate: &AggregateRef) -> Result<AggregateState> {
+    pub async fn state(
+        &self,
+        caller: &TenantId,
+        aggregate: &AggregateRef,
+    ) -> Result<AggregateState> {
         if &aggregate.tenant != caller {
-            return Err(ServiceError::TenantAccessDenied { caller: caller.clone(), target: aggregate.tenant.clone() });
+            return Err(ServiceError::TenantAccessDenied {
+                caller: caller.clone(),
+                target: aggregate.tenant.clone(),
+            });
         }
         let active = self.registry.resolve(&aggregate.aggregate_type)?;
         let current = self.load(aggregate, &active, Freshness::Latest).await?;
@@ -399,9 +449,18 @@ impl CommandService {
     /// # Errors
     ///
     /// [`ServiceError::TenantAccessDenied`], storage errors.
-    pub async fn events(&self, caller: &TenantId, aggregate: &AggregateRef, after: Version, limit: usize) -> Result<Vec<Event>> {
+    pub async fn events(
+        &self,
+        caller: &TenantId,
+        aggregate: &AggregateRef,
+        after: Version,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
         if &aggregate.tenant != caller {
-            return Err(ServiceError::TenantAccessDenied { caller: caller.clone(), target: aggregate.tenant.clone() });
+            return Err(ServiceError::TenantAccessDenied {
+                caller: caller.clone(),
+                target: aggregate.tenant.clone(),
+            });
         }
         let mut events = self.log.read(aggregate, after).await?;
         events.truncate(limit);
@@ -414,15 +473,28 @@ impl CommandService {
     /// With [`Freshness::Latest`] a cached state is first checked against the log's version and
     /// the missing events folded in (another host may have appended). Commands use
     /// [`Freshness::Cached`]: the append's expected version catches a stale cache anyway.
-    async fn load(&self, aggregate: &AggregateRef, active: &ActiveComponent, freshness: Freshness) -> Result<AggregateState> {
+    async fn load(
+        &self,
+        aggregate: &AggregateRef,
+        active: &ActiveComponent,
+        freshness: Freshness,
+    ) -> Result<AggregateState> {
         let trust_other = active.snapshot_policy == SnapshotPolicy::Trust;
-        let cached = self.cache.get(aggregate).filter(|c| c.component == active.component || trust_other);
+        let cached = self
+            .cache
+            .get(aggregate)
+            .filter(|c| c.component == active.component || trust_other);
         self.observe(|o| o.hot_cache(aggregate, cached.is_some()));
         let started = std::time::Instant::now();
         let base = match cached {
             Some(c) => {
-                if freshness == Freshness::Cached || self.log.version(aggregate).await? == c.version {
-                    return Ok(AggregateState { version: c.version, state: c.state, component: c.component });
+                if freshness == Freshness::Cached || self.log.version(aggregate).await? == c.version
+                {
+                    return Ok(AggregateState {
+                        version: c.version,
+                        state: c.state,
+                        component: c.component,
+                    });
                 }
                 Some((c.version, c.state))
             }
@@ -432,7 +504,9 @@ impl CommandService {
                 let snapshot = tokio::task::spawn_blocking(move || snapshots.get(&key))
                     .await
                     .map_err(|e| ServiceError::Internal(format!("snapshot read task: {e}")))??;
-                snapshot.filter(|s| s.component == active.component || trust_other).map(|s| (s.version, s.state))
+                snapshot
+                    .filter(|s| s.component == active.component || trust_other)
+                    .map(|s| (s.version, s.state))
             }
         };
         let after = base.as_ref().map_or(Version::INITIAL, |(v, _)| *v);
@@ -449,14 +523,29 @@ impl CommandService {
                     Some((_, state)) => state,
                     None => g.init()?,
                 };
-                if events.is_empty() { Ok(base) } else { g.apply(&base, events.iter().map(Event::data)) }
+                if events.is_empty() {
+                    Ok(base)
+                } else {
+                    g.apply(&base, events.iter().map(Event::data))
+                }
             })
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("rehydration task: {e}")))??;
         self.observe(|o| o.rehydrated(aggregate, started.elapsed(), folded));
-        self.cache.put(aggregate.clone(), Cached { version, state: state.clone(), component: active.component });
-        Ok(AggregateState { version, state, component: active.component })
+        self.cache.put(
+            aggregate.clone(),
+            Cached {
+                version,
+                state: state.clone(),
+                component: active.component,
+            },
+        );
+        Ok(AggregateState {
+            version,
+            state,
+            component: active.component,
+        })
     }
 
     fn instance_key(&self, aggregate: &AggregateRef, active: &ActiveComponent) -> InstanceKey {
@@ -468,7 +557,12 @@ impl CommandService {
     }
 
     /// `decide`, then `apply` of the accepted events, on one instance.
-    async fn decide(&self, command: &Command, active: &ActiveComponent, current: &AggregateState) -> Result<(Decision, Json)> {
+    async fn decide(
+        &self,
+        command: &Command,
+        active: &ActiveComponent,
+        current: &AggregateState,
+    ) -> Result<(Decision, Json)> {
         let runtime = self.runtime.clone();
         let instance = self.instance_key(&command.target, active);
         let limits = active.limits.clone();
@@ -481,7 +575,9 @@ impl CommandService {
                 let d = g.decide(&state, &command)?;
                 let fuel = g.fuel_used();
                 let next = match &d {
-                    Decision::Accepted(events) if !events.is_empty() => g.apply(&state, events.iter().map(|e| e.data()))?,
+                    Decision::Accepted(events) if !events.is_empty() => {
+                        g.apply(&state, events.iter().map(|e| e.data()))?
+                    }
                     _ => state.clone(),
                 };
                 Ok((d, next, fuel))
@@ -506,12 +602,20 @@ impl CommandService {
         if n == 0 || after.0 / n == before.0 / n {
             return;
         }
-        let snapshot = Snapshot { aggregate: aggregate.clone(), version: after, state, component: active.component, log_position: position };
+        let snapshot = Snapshot {
+            aggregate: aggregate.clone(),
+            version: after,
+            state,
+            component: active.component,
+            log_position: position,
+        };
         let snapshots = self.snapshots.clone();
         // A failed snapshot costs only rehydration time later; the events are already durable.
         match tokio::task::spawn_blocking(move || snapshots.insert(&snapshot)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(aggregate = %aggregate, error = %e, "snapshot not written"),
+            Ok(Err(e)) => {
+                tracing::warn!(aggregate = %aggregate, error = %e, "snapshot not written")
+            }
             Err(e) => tracing::warn!(aggregate = %aggregate, error = %e, "snapshot task failed"),
         }
     }

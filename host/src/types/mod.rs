@@ -23,7 +23,10 @@ pub struct InvalidValue {
 
 impl InvalidValue {
     fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self { field, reason: reason.into() }
+        Self {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -31,7 +34,11 @@ const MAX_NAME_LEN: usize = 64;
 
 fn check_name(field: &'static str, s: &str, allow_empty: bool) -> Result<(), InvalidValue> {
     if s.is_empty() {
-        return if allow_empty { Ok(()) } else { Err(InvalidValue::new(field, "must not be empty")) };
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err(InvalidValue::new(field, "must not be empty"))
+        };
     }
     if s.len() > MAX_NAME_LEN {
         return Err(InvalidValue::new(
@@ -39,7 +46,10 @@ fn check_name(field: &'static str, s: &str, allow_empty: bool) -> Result<(), Inv
             format!("is {} bytes long; at most {MAX_NAME_LEN} allowed", s.len()),
         ));
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
         return Err(InvalidValue::new(
             field,
             format!("{s:?} contains {c:?}; only ASCII letters, digits, '-' and '_' are allowed"),
@@ -144,7 +154,10 @@ impl AggregateId {
     pub fn from_uuid(u: Uuid) -> Result<Self, InvalidValue> {
         match u.get_version_num() {
             7 => Ok(Self(u)),
-            v => Err(InvalidValue::new("aggregate id", format!("{u} is a UUID v{v}; a UUID v7 is required"))),
+            v => Err(InvalidValue::new(
+                "aggregate id",
+                format!("{u} is a UUID v{v}; a UUID v7 is required"),
+            )),
         }
     }
 
@@ -173,7 +186,9 @@ impl CommandId {
 
 /// Position of an event in its aggregate's stream: the first event is version 1; an aggregate
 /// with no events is at version 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Version(pub u64);
 
@@ -248,7 +263,10 @@ impl FromStr for ComponentHash {
         let hexpart = s.strip_prefix("sha256:").unwrap_or(s);
         let mut out = [0u8; 32];
         hex::decode_to_slice(hexpart, &mut out).map_err(|_| {
-            InvalidValue::new("component hash", format!("{s:?} is not `sha256:` followed by 64 hex digits"))
+            InvalidValue::new(
+                "component hash",
+                format!("{s:?} is not `sha256:` followed by 64 hex digits"),
+            )
         })?;
         Ok(Self(out))
     }
@@ -285,7 +303,10 @@ string_conversions!(AggregateId, |s: &str| {
 });
 string_conversions!(CommandId, |s: &str| Uuid::parse_str(s)
     .map(CommandId)
-    .map_err(|e| InvalidValue::new("command id", format!("{s:?} is not a UUID: {e}"))));
+    .map_err(|e| InvalidValue::new(
+        "command id",
+        format!("{s:?} is not a UUID: {e}")
+    )));
 
 impl From<TenantId> for String {
     fn from(v: TenantId) -> String {
@@ -387,7 +408,11 @@ pub struct AggregateRef {
 
 impl fmt::Display for AggregateRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = if self.tenant.is_single() { "-" } else { self.tenant.as_str() };
+        let t = if self.tenant.is_single() {
+            "-"
+        } else {
+            self.tenant.as_str()
+        };
         write!(f, "{t}/{}/{}", self.aggregate_type, self.aggregate_id)
     }
 }
@@ -485,14 +510,22 @@ pub struct EventData<'a> {
 impl NewEvent {
     /// The parts a guest's `apply` sees.
     pub fn data(&self) -> EventData<'_> {
-        EventData { event_type: &self.event_type, schema_version: self.schema_version, payload: self.payload.as_str() }
+        EventData {
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload.as_str(),
+        }
     }
 }
 
 impl Event {
     /// The parts a guest's `apply` sees.
     pub fn data(&self) -> EventData<'_> {
-        EventData { event_type: &self.event_type, schema_version: self.schema_version, payload: self.payload.as_str() }
+        EventData {
+            event_type: &self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload.as_str(),
+        }
     }
 }
 
@@ -521,12 +554,17 @@ mod tests {
     fn aggregate_id_must_be_v7_uuid() {
         let e = "not-a-uuid".parse::<AggregateId>().unwrap_err();
         assert_eq!(e.field, "aggregate id");
-        let v4 = "5c3a2a52-1f45-4a1c-9d2b-2c1f7a3b7a10".parse::<AggregateId>().unwrap_err();
+        let v4 = "5c3a2a52-1f45-4a1c-9d2b-2c1f7a3b7a10"
+            .parse::<AggregateId>()
+            .unwrap_err();
         assert!(v4.reason.contains("v4"), "{v4}");
         let id = AggregateId::generate();
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<AggregateId>(&json).unwrap(), id);
-        assert!(serde_json::from_str::<AggregateId>("\"5c3a2a52-1f45-4a1c-9d2b-2c1f7a3b7a10\"").is_err());
+        assert!(
+            serde_json::from_str::<AggregateId>("\"5c3a2a52-1f45-4a1c-9d2b-2c1f7a3b7a10\"")
+                .is_err()
+        );
     }
 
     #[test]
@@ -545,7 +583,10 @@ mod tests {
     fn json_keeps_text_and_rejects_garbage() {
         let j = Json::parse(r#"{"b":1, "a":2}"#).unwrap();
         assert_eq!(j.as_str(), r#"{"b":1, "a":2}"#);
-        assert_eq!(serde_json::to_string(&vec![j.clone()]).unwrap(), r#"[{"b":1, "a":2}]"#);
+        assert_eq!(
+            serde_json::to_string(&vec![j.clone()]).unwrap(),
+            r#"[{"b":1, "a":2}]"#
+        );
         assert!(Json::parse("{").is_err());
         assert!(Json::parse("1 2").is_err());
     }
