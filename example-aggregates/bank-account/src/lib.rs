@@ -274,7 +274,7 @@ mod tests {
             .then_invalid_containing("missing field `amount`");
         given::<BankAccount>([opened()])
             .when_raw("deposit", r#"{"amount": "ten"}"#)
-            .then_invalid_containing("invalid type: string \"ten\", expected i64");
+            .then_invalid_containing("field `amount`: invalid type: string \"ten\", expected i64");
         given::<BankAccount>([opened()])
             .when_raw("deposit", "[]")
             .then_invalid_containing("must be a JSON object");

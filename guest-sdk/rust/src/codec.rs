@@ -152,8 +152,39 @@ pub fn decode_command<A: Aggregate>(
         )));
     };
     object.insert("type".into(), Value::String(command_type.into()));
-    serde_json::from_value(Value::Object(object))
-        .map_err(|e| DecideError::invalid(format!("invalid `{command_type}` command: {e}")))
+    serde_json::from_value(Value::Object(object.clone())).map_err(|e| {
+        let e = e.to_string();
+        match bad_field::<A::Command>(&object, &e) {
+            Some(field) => DecideError::invalid(format!(
+                "invalid `{command_type}` command: field `{field}`: {e}"
+            )),
+            None => DecideError::invalid(format!("invalid `{command_type}` command: {e}")),
+        }
+    })
+}
+
+/// Which field of `object` made deserialization fail with `error`, when serde's message does not
+/// say (a mistyped field inside an internally tagged enum): the field whose removal turns the
+/// error into "missing field `<it>`". Runs only on the error path.
+fn bad_field<C: serde::de::DeserializeOwned>(
+    object: &serde_json::Map<String, Value>,
+    error: &str,
+) -> Option<String> {
+    if error.starts_with("missing field") || error.starts_with("unknown variant") {
+        return None;
+    }
+    object
+        .keys()
+        .filter(|k| k.as_str() != "type")
+        .find(|key| {
+            let mut without = object.clone();
+            without.remove(key.as_str());
+            match serde_json::from_value::<C>(Value::Object(without)) {
+                Err(e) => e.to_string().starts_with(&format!("missing field `{key}`")),
+                Ok(_) => false,
+            }
+        })
+        .cloned()
 }
 
 /// Splits a serializable command into `(command_type, payload)`: the inverse of

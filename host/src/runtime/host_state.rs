@@ -30,7 +30,7 @@ impl HostState {
         let mut b = WasiCtx::builder();
         b.stderr(stderr.clone())
             .wall_clock(determinism.clock())
-            .monotonic_clock(determinism.clock())
+            .monotonic_clock(determinism.monotonic())
             .secure_random(determinism.rng())
             .insecure_random(determinism.rng())
             .insecure_random_seed(0)
@@ -94,20 +94,47 @@ impl ResourceLimiter for MemoryLimiter {
 /// Clocks and randomness that depend only on the command: before each call the host sets the
 /// time to the command's timestamp and reseeds the generator from the command id, so replaying a
 /// command gives the same answer.
-#[derive(Clone, Default)]
+///
+/// The monotonic clock is separate: it starts at one second and advances by one microsecond per
+/// read, so it never reads zero and never goes backwards (Go's runtime aborts on a zero
+/// `nanotime`, and command timestamps need not increase from one command to the next).
+#[derive(Clone)]
 pub(crate) struct Determinism {
     now_ns: Arc<AtomicU64>,
+    monotonic_ns: Arc<AtomicU64>,
     seed: Arc<Mutex<u64>>,
+}
+
+/// The wall clock before the first command: 2020-01-01T00:00:00Z (never zero).
+const EPOCH_BEFORE_FIRST_COMMAND_NS: u64 = 1_577_836_800_000_000_000;
+
+impl Default for Determinism {
+    fn default() -> Self {
+        Self {
+            now_ns: Arc::new(AtomicU64::new(EPOCH_BEFORE_FIRST_COMMAND_NS)),
+            monotonic_ns: Arc::new(AtomicU64::new(1_000_000_000)),
+            seed: Arc::default(),
+        }
+    }
 }
 
 impl Determinism {
     pub(crate) fn set(&self, now_ns: u64, seed: u64) {
+        let now_ns = if now_ns == 0 {
+            EPOCH_BEFORE_FIRST_COMMAND_NS
+        } else {
+            now_ns
+        };
         self.now_ns.store(now_ns, Ordering::Relaxed);
         *self.seed.lock().unwrap_or_else(|p| p.into_inner()) = seed;
     }
 
     fn clock(&self) -> FixedClock {
         FixedClock(self.now_ns.clone())
+    }
+
+    fn monotonic(&self) -> SteppingClock {
+        SteppingClock(self.monotonic_ns.clone())
     }
 
     fn rng(&self) -> SeededRng {
@@ -126,12 +153,15 @@ impl HostWallClock for FixedClock {
     }
 }
 
-impl HostMonotonicClock for FixedClock {
+/// A monotonic clock that moves one microsecond per read.
+struct SteppingClock(Arc<AtomicU64>);
+
+impl HostMonotonicClock for SteppingClock {
     fn resolution(&self) -> u64 {
-        1
+        1_000
     }
     fn now(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.fetch_add(1_000, Ordering::Relaxed) + 1_000
     }
 }
 
@@ -163,5 +193,33 @@ impl TryRng for SeededRng {
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_never_read_zero_and_the_monotonic_one_never_goes_back() {
+        let d = Determinism::default();
+        let wall = d.clock();
+        let mono = d.monotonic();
+        assert_eq!(
+            HostWallClock::now(&wall).as_nanos() as u64,
+            EPOCH_BEFORE_FIRST_COMMAND_NS
+        );
+        let a = mono.now();
+        assert!(a > 0);
+        d.set(5_000, 1);
+        assert_eq!(HostWallClock::now(&wall), Duration::from_nanos(5_000));
+        let b = mono.now();
+        assert!(b > a, "{b} > {a}");
+        d.set(0, 1);
+        assert_eq!(
+            HostWallClock::now(&wall).as_nanos() as u64,
+            EPOCH_BEFORE_FIRST_COMMAND_NS
+        );
+        assert!(mono.now() > b);
     }
 }
