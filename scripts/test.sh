@@ -26,7 +26,7 @@ step "guest SDK tests, natively (go test, node --test, pytest)"
 for d in guest-sdk/go example-aggregates/bank-account-go; do
   (cd "$d" && go test ./...)
 done
-node --test guest-sdk/js example-aggregates/bank-account-js
+node --test guest-sdk/js example-aggregates/bank-account-js example-aggregates/hostile-js
 python -m pytest -q -p no:cacheprovider guest-sdk/python example-aggregates/bank-account-python
 
 step "every guest from source"

@@ -363,9 +363,10 @@ fn build_rust(sdk: &Sdk, project: &Path, out: &Path) -> Result<()> {
         "--message-format=json-render-diagnostics",
     ]);
     let output = run("cargo build --target wasm32-wasip2 --release", &mut cmd)?;
-    // The cdylib of this project: the last compiler-artifact with a .wasm file.
+    // The cdylib of this project: the last compiler-artifact with a .wasm file (searched from the end).
     let wasm = String::from_utf8_lossy(&output.stdout)
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|m| m["reason"] == "compiler-artifact")
         .filter_map(|m| {
@@ -376,7 +377,7 @@ fn build_rust(sdk: &Sdk, project: &Path, out: &Path) -> Result<()> {
                     .map(PathBuf::from)
             })
         })
-        .last()
+        .next()
         .ok_or_else(|| GuestError::StepFailed {
             step: "cargo build".into(),
             status: "no .wasm".into(),
