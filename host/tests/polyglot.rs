@@ -70,9 +70,17 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
+/// One precompiled-artifact directory for the whole test binary: the multi-megabyte JS and
+/// Python components take seconds to compile, so each is compiled once and then loaded.
+fn artifacts() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
 fn runtime() -> Arc<Runtime> {
     Arc::new(
         Runtime::new(RuntimeConfig {
+            artifact_dir: Some(artifacts().to_path_buf()),
             max_warm_instances: 16,
             ..RuntimeConfig::default()
         })
