@@ -27,7 +27,7 @@ for d in guest-sdk/go example-aggregates/bank-account-go; do
   (cd "$d" && go test ./...)
 done
 node --test guest-sdk/js example-aggregates/bank-account-js example-aggregates/hostile-js
-python -m pytest -q -p no:cacheprovider guest-sdk/python example-aggregates/bank-account-python
+python -m pytest -q -p no:cacheprovider guest-sdk/python example-aggregates/bank-account-python example-aggregates/hostile-python
 
 step "every guest from source"
 bash scripts/build-guests.sh --no-toolchains
