@@ -23,7 +23,7 @@ for d in guest-sdk/go example-aggregates/bank-account-go example-aggregates/host
 done
 
 step "guest SDK tests, natively (go test, node --test, pytest)"
-for d in guest-sdk/go example-aggregates/bank-account-go; do
+for d in guest-sdk/go example-aggregates/bank-account-go example-aggregates/hostile-go; do
   (cd "$d" && go test ./...)
 done
 node --test guest-sdk/js example-aggregates/bank-account-js example-aggregates/hostile-js

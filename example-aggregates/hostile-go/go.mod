@@ -1,0 +1,7 @@
+module hostile-go
+
+go 1.24
+
+require aggregatehost.dev/sdk v0.0.0
+
+replace aggregatehost.dev/sdk => ../../guest-sdk/go

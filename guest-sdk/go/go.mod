@@ -1,0 +1,3 @@
+module aggregatehost.dev/sdk
+
+go 1.24
