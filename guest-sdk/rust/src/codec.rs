@@ -380,7 +380,7 @@ mod tests {
             (
                 "add",
                 r#"{"title": 7}"#,
-                "invalid `add` command: invalid type: integer `7`, expected a string",
+                "invalid `add` command: field `title`: invalid type: integer `7`, expected a string",
             ),
             (
                 "add",
