@@ -560,3 +560,49 @@ fn memory_bombs_are_stopped_by_the_memory_limit_in_every_language() {
         );
     }
 }
+
+// ---- reproducible builds ----
+
+/// The same Go source built from two different folders gives byte-identical components (no
+/// build paths inside), so a content-addressed deploy of an unchanged aggregate is a no-op.
+#[test]
+fn a_go_component_does_not_depend_on_where_it_was_built() {
+    use aggregate_host::guest::{build, GuestError, Sdk};
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sdk = Sdk::locate(Some(&repo.join("guest-sdk")), &repo).unwrap();
+    let source = repo.join("example-aggregates/bank-account-go");
+    let work = tempfile::tempdir().unwrap();
+    let mut hashes = Vec::new();
+    for name in ["first", "elsewhere/second"] {
+        let dir = work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in ["main.go", "go.mod"] {
+            let text = std::fs::read_to_string(source.join(file)).unwrap();
+            let text = text.replace(
+                "../../guest-sdk/go",
+                sdk.dir(aggregate_host::guest::Language::Go)
+                    .to_str()
+                    .unwrap(),
+            );
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        let out = dir.join("out.wasm");
+        match build(&sdk, &dir, &out) {
+            Ok(_) => {}
+            Err(GuestError::ToolMissing { .. }) if std::env::var_os("CI").is_none() => {
+                eprintln!("SKIPPED: Go is not installed (scripts/toolchains.sh)");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        }
+        let bytes = read(&out);
+        assert!(
+            !bytes
+                .windows(work.path().as_os_str().len())
+                .any(|w| w == work.path().as_os_str().as_encoded_bytes()),
+            "the build path is inside the component"
+        );
+        hashes.push(runtime().load(&bytes).unwrap().0);
+    }
+    assert_eq!(hashes[0], hashes[1]);
+}

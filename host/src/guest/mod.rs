@@ -397,6 +397,9 @@ fn build_go(sdk: &Sdk, project: &Path, work: &Path, out: &Path) -> Result<()> {
     cmd.current_dir(project)
         .args([
             "build",
+            // No build paths in the binary: the same source gives the same component (and
+            // hash) from any checkout.
+            "-trimpath",
             "-buildmode=c-shared",
             "-ldflags=-checklinkname=0",
             "-o",
