@@ -3,6 +3,8 @@
 # project (scripts/toolchains.sh runs first; safe to run twice):
 #   Rust:            bank-account, bank-account-v2, hostile, forbidden-import → target/guests/wasm32-wasip2/guest/
 #   Go, JS, Python:  bank-account-<lang>, hostile-<lang> → target/guests/polyglot/ (via `aggregate-host build`)
+#   JS:              forbidden-http-js (componentize-js with `http` on: imports wasi:http, which the
+#                    host must refuse before compiling) → target/guests/polyglot/forbidden_http_js.wasm
 # Usage: scripts/build-guests.sh [--no-toolchains]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,4 +31,7 @@ for lang in go js python; do
     "$host" build "$dir" -o "$out/${example//-/_}_$lang.wasm"
   done
 done
+step "example-aggregates/forbidden-http-js (http feature on)"
+node guest-sdk/js/build.mjs example-aggregates/forbidden-http-js/aggregate.js \
+  "$out/forbidden_http_js.wasm" --keep-feature http
 ls -l target/guests/wasm32-wasip2/guest/*.wasm "$out"/*.wasm

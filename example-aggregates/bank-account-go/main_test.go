@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+	"math"
 	"testing"
 
 	aggregate "aggregatehost.dev/sdk"
@@ -147,4 +149,97 @@ func TestMalformedCommandsNameTheField(t *testing.T) {
 	given(t, opened()).When("withdraw", `{"amount": null}`).ThenInvalid("field `amount` must not be null")
 	given(t).When("open", `{"owner": 7}`).ThenInvalid("invalid type for field `owner`: got number, expected string")
 	given(t, opened()).When("deposit", `{"amount": 1e30}`).ThenInvalid("invalid type for field `amount`: got number 1e30, expected int64")
+}
+
+func TestTheMaximumIsWhatJavaScriptHoldsExactly(t *testing.T) {
+	// 2^53 - 1: JavaScript's Number.MAX_SAFE_INTEGER, the limit the parity table uses.
+	if MaxBalance != 9007199254740991 || int64(float64(MaxBalance)) != MaxBalance || int64(float64(MaxBalance+2)) == MaxBalance+2 {
+		t.Errorf("MaxBalance = %d", int64(MaxBalance))
+	}
+}
+
+func TestDepositsFillTheBalanceUpToTheMaximum(t *testing.T) {
+	given(t, opened(), deposited(MaxBalance-1)).
+		When("deposit", Amount{1}).
+		Then(deposited(1)).
+		ThenState(Account{Opened: true, Owner: "alice", Balance: MaxBalance})
+	given(t, opened()).
+		When("deposit", `{"amount": 9007199254740991}`).
+		Then(deposited(MaxBalance)).
+		ThenState(Account{Opened: true, Owner: "alice", Balance: MaxBalance})
+}
+
+func TestADepositThatWouldOverflowTheBalanceIsRejected(t *testing.T) {
+	given(t, opened(), deposited(MaxBalance)).
+		When("deposit", Amount{1}).
+		ThenRejected("balance would overflow: balance 9007199254740991, requested 1, maximum 9007199254740991").
+		ThenState(Account{Opened: true, Owner: "alice", Balance: MaxBalance})
+	given(t, opened(), deposited(MaxBalance-5), withdrawn(5)).
+		When("deposit", `{"amount": 4503599627370498}`).
+		ThenRejected("balance would overflow: balance 9007199254740981, requested 4503599627370498").
+		ThenState(Account{Opened: true, Owner: "alice", Balance: MaxBalance - 10})
+}
+
+func TestAWithdrawalMakesRoomForADepositAgain(t *testing.T) {
+	given(t, opened(), deposited(MaxBalance), withdrawn(1)).
+		When("deposit", Amount{1}).
+		Then(deposited(1)).
+		ThenState(Account{Opened: true, Owner: "alice", Balance: MaxBalance})
+}
+
+func TestAmountsBeyondTheMaximumAreInvalid(t *testing.T) {
+	for _, amount := range []int64{MaxBalance + 1, math.MaxInt64} {
+		want := fmt.Sprintf("amount must be at most 9007199254740991, got %d", amount)
+		given(t).When("deposit", Amount{amount}).ThenInvalid(want)
+		given(t, opened(), deposited(100)).When("withdraw", Amount{amount}).ThenInvalid(want)
+	}
+	// The story of the bug: int64's maximum and then 1 must not wrap the balance.
+	given(t, opened()).
+		When("deposit", `{"amount": 9223372036854775807}`).
+		ThenInvalid("amount must be at most 9007199254740991").
+		ThenState(Account{Opened: true, Owner: "alice"})
+}
+
+func TestBalanceArithmeticIsChecked(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		fold        func(int64, int64) (int64, bool)
+		balance, by int64
+		want        int64
+		wantOK      bool
+	}{
+		{"add up to the maximum", addToBalance, MaxBalance - 1, 1, MaxBalance, true},
+		{"add past the maximum", addToBalance, MaxBalance, 1, 0, false},
+		{"add past int64", addToBalance, 1, math.MaxInt64, 0, false},
+		{"add int64 to itself", addToBalance, math.MaxInt64, math.MaxInt64, 0, false},
+		{"add below the minimum", addToBalance, -MaxBalance, -1, 0, false},
+		{"add below int64", addToBalance, -1, math.MinInt64, 0, false},
+		{"subtract to zero", subtractFromBalance, MaxBalance, MaxBalance, 0, true},
+		{"subtract down to the minimum", subtractFromBalance, 0, MaxBalance, -MaxBalance, true},
+		{"subtract int64's minimum", subtractFromBalance, 0, math.MinInt64, 0, false},
+		{"subtract below the minimum", subtractFromBalance, -MaxBalance, 1, 0, false},
+		{"subtract past int64", subtractFromBalance, math.MinInt64, 1, 0, false},
+	} {
+		got, ok := c.fold(c.balance, c.by)
+		if got != c.want || ok != c.wantOK {
+			t.Errorf("%s: (%d, %d) = %d, %v; want %d, %v", c.name, c.balance, c.by, got, ok, c.want, c.wantOK)
+		}
+	}
+}
+
+func TestApplyRefusesAHistoryThatWouldOverflow(t *testing.T) {
+	for _, c := range []struct {
+		history []aggregate.Event
+		want    string
+	}{
+		{[]aggregate.Event{deposited(MaxBalance), deposited(1)}, "balance would overflow: balance 9007199254740991, deposited 1"},
+		{[]aggregate.Event{deposited(1), deposited(math.MaxInt64)}, "balance would overflow: balance 1, deposited 9223372036854775807"},
+		{[]aggregate.Event{withdrawn(MaxBalance), withdrawn(1)}, "balance would overflow: balance -9007199254740991, withdrawn 1"},
+		{[]aggregate.Event{withdrawn(math.MinInt64)}, "balance would overflow: balance 0, withdrawn -9223372036854775808"},
+	} {
+		state, err := BankAccount.ApplyJSON(BankAccount.InitJSON(), c.history)
+		if err == nil || err.Error() != c.want {
+			t.Errorf("apply %v = %s, %v; want the error %q", c.history, state, err, c.want)
+		}
+	}
 }

@@ -7,8 +7,13 @@
 // | `deposit`  | `{"amount": 100}`    | `deposited {"amount"}`   |
 // | `withdraw` | `{"amount": 30}`     | `withdrawn {"amount"}`   |
 //
-// Amounts must be positive and the owner not blank (`invalid`); opening twice, moving money on an
-// account that is not open, and withdrawing more than the balance are `rejected`.
+// Amounts must be positive, at most MAX_BALANCE, and the owner not blank (`invalid`); opening
+// twice, moving money on an account that is not open, withdrawing more than the balance and
+// depositing past MAX_BALANCE ("balance would overflow") are `rejected`.
+//
+// Money never loses precision: every sum on a balance is checked (addToBalance), and apply
+// refuses, naming the event, a history that would leave ±MAX_BALANCE (never one this aggregate
+// decided).
 //
 // Build: node guest-sdk/js/build.mjs example-aggregates/bank-account-js/aggregate.js out.wasm
 
@@ -18,9 +23,30 @@ import { defineAggregate, event, invalid, rejected } from '@aggregate-host/sdk';
 // U+FEFF (stripped), so spell the Rust set out.
 const BLANK = /^[\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*$/;
 
+// The largest balance an account holds, and so the largest amount: 2^53 - 1, the largest integer
+// a JavaScript number holds exactly. The Rust, Go and Python accounts share this limit, so all
+// four behave the same (tests/parity/bank-account.yaml).
+export const MAX_BALANCE = Number.MAX_SAFE_INTEGER;
+
+// `balance + delta`, or null when the sum would leave ±MAX_BALANCE. With both operands safe
+// integers the sum is either exact or, past 2^53 - 1, no safe integer: a rounded sum never passes.
+export function addToBalance(balance, delta) {
+  const sum = balance + delta;
+  return Number.isSafeInteger(balance) && Number.isSafeInteger(delta) && Number.isSafeInteger(sum) ? sum : null;
+}
+
+// Amounts beyond MAX_BALANCE never get here: the SDK refuses integers beyond
+// Number.MAX_SAFE_INTEGER as invalid, naming the field, where the other languages answer
+// "amount must be at most 9007199254740991, got ...".
 function positive(amount) {
   if (amount <= 0) throw invalid(`amount must be positive, got ${amount}`);
   return amount;
+}
+
+function fold(state, delta, what) {
+  const balance = addToBalance(state.balance, delta);
+  if (balance === null) throw new Error(`balance would overflow: balance ${state.balance}, ${what}`);
+  return { ...state, balance };
 }
 
 function requireOpen(state) {
@@ -45,6 +71,11 @@ export default defineAggregate({
     deposit(state, { amount }) {
       positive(amount);
       requireOpen(state);
+      if (addToBalance(state.balance, amount) === null) {
+        throw rejected(
+          `balance would overflow: balance ${state.balance}, requested ${amount}, maximum ${MAX_BALANCE}`,
+        );
+      }
       return [event('deposited', { amount })];
     },
     withdraw(state, { amount }) {
@@ -59,7 +90,7 @@ export default defineAggregate({
 
   apply: {
     opened: (state, { owner }) => ({ ...state, opened: true, owner }),
-    deposited: (state, { amount }) => ({ ...state, balance: state.balance + amount }),
-    withdrawn: (state, { amount }) => ({ ...state, balance: state.balance - amount }),
+    deposited: (state, { amount }) => fold(state, amount, `deposited ${amount}`),
+    withdrawn: (state, { amount }) => fold(state, -amount, `withdrawn ${amount}`),
   },
 });

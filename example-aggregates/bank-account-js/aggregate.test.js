@@ -7,7 +7,7 @@ import { given, rawEvent } from '../../guest-sdk/js/testing.js';
 import { invalid, rejected } from '../../guest-sdk/js/aggregate.js';
 
 // After testing.js: it teaches Node.js to resolve '@aggregate-host/sdk'.
-const { default: account } = await import('./aggregate.js');
+const { default: account, MAX_BALANCE, addToBalance } = await import('./aggregate.js');
 
 const opened = { type: 'opened', owner: 'alice' };
 const deposited = (amount) => ({ type: 'deposited', amount });
@@ -144,4 +144,73 @@ test('apply folds a batch and refuses an unknown event type by name', () => {
   assert.equal(unknown.tag, 'err');
   assert.match(unknown.val, /unknown event type `closed`/);
   assert.throws(() => given(account, [rawEvent('closed', 1, {})]), /`closed`/);
+});
+
+test('the maximum balance is 2^53 - 1, the limit every language shares', () => {
+  assert.equal(MAX_BALANCE, 9007199254740991);
+  assert.equal(MAX_BALANCE, 2 ** 53 - 1);
+});
+
+test('deposits fill the balance up to the maximum', () => {
+  given(account, [opened, deposited(MAX_BALANCE - 1)])
+    .when('deposit', { amount: 1 })
+    .then([deposited(1)])
+    .thenState({ opened: true, owner: 'alice', balance: MAX_BALANCE });
+  given(account, [opened])
+    .when('deposit', '{"amount": 9007199254740991}')
+    .then([deposited(9007199254740991)])
+    .thenState({ opened: true, owner: 'alice', balance: 9007199254740991 });
+});
+
+test('a deposit that would overflow the balance is rejected', () => {
+  given(account, [opened, deposited(MAX_BALANCE)])
+    .when('deposit', { amount: 1 })
+    .thenError(rejected('balance would overflow: balance 9007199254740991, requested 1, maximum 9007199254740991'));
+  // A sum past 2^53 that no double holds exactly (9007199254740981 + 4503599627370498 is odd).
+  given(account, [opened, deposited(MAX_BALANCE - 5), withdrawn(5)])
+    .when('deposit', '{"amount": 4503599627370498}')
+    .thenError(
+      rejected('balance would overflow: balance 9007199254740981, requested 4503599627370498, maximum 9007199254740991'),
+    );
+  given(account, [opened, deposited(MAX_BALANCE), withdrawn(1)])
+    .when('deposit', { amount: 1 })
+    .then([deposited(1)])
+    .thenState({ opened: true, owner: 'alice', balance: MAX_BALANCE });
+});
+
+test('amounts beyond the maximum are invalid, as the SDK refuses them', () => {
+  // The story of the bug (in Rust): 2^63 - 1 and then 1 wrapped the balance.
+  for (const amount of ['9007199254740992', '9223372036854775807']) {
+    for (const type of ['deposit', 'withdraw']) {
+      given(account, [opened, deposited(100)])
+        .when(type, `{"amount": ${amount}}`)
+        .thenInvalid(`field \`amount\`: integer ${amount} is out of range`);
+    }
+  }
+});
+
+test('balance arithmetic is checked, never rounded', () => {
+  assert.equal(addToBalance(MAX_BALANCE - 1, 1), MAX_BALANCE);
+  assert.equal(addToBalance(MAX_BALANCE, 1), null);
+  assert.equal(addToBalance(MAX_BALANCE, 2), null); // 2^53 + 1 rounds to 2^53
+  assert.equal(addToBalance(MAX_BALANCE, MAX_BALANCE), null);
+  assert.equal(addToBalance(0, -MAX_BALANCE), -MAX_BALANCE);
+  assert.equal(addToBalance(-MAX_BALANCE, -1), null);
+  assert.equal(addToBalance(2 ** 60, -(2 ** 60)), null); // not exact operands: refused
+  assert.equal(addToBalance(1, 0.5), null);
+});
+
+test('apply refuses a history that would overflow, naming the event', () => {
+  const c = account.component;
+  const raw = (type, amount) => ({ eventType: type, schemaVersion: 1, payload: `{"amount":${amount}}` });
+  for (const [history, message] of [
+    [[raw('deposited', MAX_BALANCE), raw('deposited', 1)], 'balance 9007199254740991, deposited 1'],
+    [[raw('deposited', 1), raw('deposited', '9223372036854775807')], 'balance 1, deposited 9223372036854776000'],
+    [[raw('withdrawn', MAX_BALANCE), raw('withdrawn', 1)], 'balance -9007199254740991, withdrawn 1'],
+  ]) {
+    const folded = c.apply(c.init(), history);
+    assert.equal(folded.tag, 'err', JSON.stringify(folded));
+    assert.ok(folded.val.endsWith(`: balance would overflow: ${message}`), folded.val);
+  }
+  assert.throws(() => given(account, [opened, deposited(MAX_BALANCE), deposited(1)]), /balance would overflow/);
 });

@@ -7,7 +7,7 @@ import pytest
 
 from aggregate_sdk import ApplyError, Codec, Event, Invalid, RawEvent, Rejected
 from aggregate_sdk.testing import given
-from bank_account import BankAccount
+from bank_account import MAX_BALANCE, BankAccount, add_to_balance
 
 OPENED = Event("opened", {"owner": "alice"})
 
@@ -150,9 +150,121 @@ def test_amount_beyond_int64_is_invalid():
     given(BankAccount, [OPENED]).when("deposit", '{"amount": 9223372036854775808}').then_invalid(
         "field `amount`"
     )
-    given(BankAccount, [OPENED]).when("deposit", {"amount": 9223372036854775807}).then(
-        [Event("deposited", {"amount": 9223372036854775807})]
+
+
+def test_the_maximum_balance_is_what_javascript_holds_exactly():
+    # 2^53 - 1: JavaScript's Number.MAX_SAFE_INTEGER, the limit the parity table uses.
+    assert MAX_BALANCE == 9007199254740991
+    assert int(float(MAX_BALANCE)) == MAX_BALANCE
+    assert int(float(MAX_BALANCE + 2)) != MAX_BALANCE + 2
+
+
+def test_deposits_fill_the_balance_up_to_the_maximum():
+    (
+        given(BankAccount, [OPENED, Event("deposited", {"amount": MAX_BALANCE - 1})])
+        .when("deposit", {"amount": 1})
+        .then([Event("deposited", {"amount": 1})])
+        .then_state(account(MAX_BALANCE))
     )
+    (
+        given(BankAccount, [OPENED])
+        .when("deposit", '{"amount": 9007199254740991}')
+        .then([Event("deposited", {"amount": 9007199254740991})])
+        .then_state(account(9007199254740991))
+    )
+
+
+def test_a_deposit_that_would_overflow_the_balance_is_rejected():
+    (
+        given(BankAccount, [OPENED, Event("deposited", {"amount": MAX_BALANCE})])
+        .when("deposit", {"amount": 1})
+        .then_error(
+            Rejected(
+                "balance would overflow: balance 9007199254740991, requested 1, "
+                "maximum 9007199254740991"
+            )
+        )
+        .then_state(account(MAX_BALANCE))
+    )
+    (
+        given(
+            BankAccount,
+            [
+                OPENED,
+                Event("deposited", {"amount": MAX_BALANCE - 5}),
+                Event("withdrawn", {"amount": 5}),
+            ],
+        )
+        .when("deposit", '{"amount": 4503599627370498}')
+        .then_rejected(
+            "balance would overflow: balance 9007199254740981, requested 4503599627370498"
+        )
+        .then_state(account(MAX_BALANCE - 10))
+    )
+
+
+def test_a_withdrawal_makes_room_for_a_deposit_again():
+    (
+        given(
+            BankAccount,
+            [
+                OPENED,
+                Event("deposited", {"amount": MAX_BALANCE}),
+                Event("withdrawn", {"amount": 1}),
+            ],
+        )
+        .when("deposit", {"amount": 1})
+        .then([Event("deposited", {"amount": 1})])
+        .then_state(account(MAX_BALANCE))
+    )
+
+
+@pytest.mark.parametrize("amount", [2**53, 9223372036854775807])
+@pytest.mark.parametrize("command_type", ["deposit", "withdraw"])
+def test_amounts_beyond_the_maximum_are_invalid(command_type, amount):
+    # The story of the bug (in Rust): 2^63 - 1 and then 1 wrapped the balance.
+    (
+        given(BankAccount, [OPENED, Event("deposited", {"amount": 100})])
+        .when(command_type, {"amount": amount})
+        .then_error(Invalid(f"amount must be at most 9007199254740991, got {amount}"))
+        .then_state(account(100))
+    )
+
+
+def test_balance_arithmetic_is_checked():
+    assert add_to_balance(MAX_BALANCE - 1, 1) == MAX_BALANCE
+    assert add_to_balance(MAX_BALANCE, 1) is None
+    assert add_to_balance(1, 9223372036854775807) is None
+    assert add_to_balance(0, -MAX_BALANCE) == -MAX_BALANCE
+    assert add_to_balance(-MAX_BALANCE, -1) is None
+
+
+def raw(event_type, amount):
+    return RawEvent(event_type, 1, f'{{"amount":{amount}}}')
+
+
+@pytest.mark.parametrize(
+    "history, message",
+    [
+        (
+            [raw("deposited", 9007199254740991), raw("deposited", 1)],
+            "balance 9007199254740991, deposited 1",
+        ),
+        (
+            [raw("deposited", 1), raw("deposited", 9223372036854775807)],
+            "balance 1, deposited 9223372036854775807",
+        ),
+        (
+            [raw("withdrawn", 9007199254740991), raw("withdrawn", 1)],
+            "balance -9007199254740991, withdrawn 1",
+        ),
+    ],
+)
+def test_apply_refuses_a_history_that_would_overflow(history, message):
+    codec = Codec(BankAccount)
+    with pytest.raises(ApplyError) as failed:
+        codec.apply(codec.init(), history)
+    assert str(failed.value).endswith(f": balance would overflow: {message}"), str(failed.value)
 
 
 def test_owner_of_the_wrong_type_is_invalid():

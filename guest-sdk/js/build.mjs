@@ -2,12 +2,17 @@
 // Builds a JavaScript aggregate into a WebAssembly component with componentize-js.
 //
 //   node <guest-sdk/js>/build.mjs <entry.js> <out.wasm> [--wit <dir or file>]
+//        [--keep-feature <name>]...
 //
 // <entry.js> must `export default defineAggregate({...})` (importing '@aggregate-host/sdk').
 // Steps: load the entry in Node.js (fails early, with a stack trace, on a broken aggregate), stage
 // its module graph with the SDK (stage.js), run componentize-js on the world `aggregate` of the
 // WIT (default: the repository's wit/ folder) with every optional feature disabled, and check
 // that the component imports nothing.
+//
+// `--keep-feature <name>` (repeatable) leaves one of those features on. Only the host's own tests
+// use it: `--keep-feature http` builds a component that imports `wasi:http`, which the host must
+// refuse (example-aggregates/forbidden-http-js).
 
 import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,16 +21,24 @@ import { pathToFileURL, fileURLToPath } from 'node:url';
 import { register } from 'node:module';
 import { stage, SDK_DIR } from './stage.js';
 
-const USAGE = 'usage: node build.mjs <entry.js> <out.wasm> [--wit <dir or file>]';
+const USAGE =
+  'usage: node build.mjs <entry.js> <out.wasm> [--wit <dir or file>] [--keep-feature <name>]...';
 // stdio, random, clocks, http, fetch-event: without them the component imports nothing at all.
 const DISABLED = ['random', 'stdio', 'clocks', 'http', 'fetch-event'];
 
 function parseArgs(argv) {
   const positional = [];
+  const keep = [];
   let wit = join(SDK_DIR, '..', '..', 'wit');
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
-    if (a === '--wit') {
+    if (a === '--keep-feature') {
+      const f = argv[++i];
+      if (!DISABLED.includes(f)) {
+        throw new Error(`--keep-feature needs one of ${DISABLED.join(', ')}\n${USAGE}`);
+      }
+      keep.push(f);
+    } else if (a === '--wit') {
       if (i + 1 >= argv.length) throw new Error(`--wit needs a path\n${USAGE}`);
       wit = argv[++i];
     } else if (a.startsWith('--wit=')) {
@@ -40,7 +53,12 @@ function parseArgs(argv) {
     }
   }
   if (positional.length !== 2) throw new Error(USAGE);
-  return { entry: resolve(positional[0]), out: resolve(positional[1]), wit: resolve(wit) };
+  return {
+    entry: resolve(positional[0]),
+    out: resolve(positional[1]),
+    wit: resolve(wit),
+    disabled: DISABLED.filter((f) => !keep.includes(f)),
+  };
 }
 
 /** Loads the entry in Node.js and checks it is an aggregate whose `init` gives JSON. */
@@ -67,7 +85,7 @@ async function importsOf(component) {
 }
 
 async function main() {
-  const { entry, out, wit } = parseArgs(process.argv.slice(2));
+  const { entry, out, wit, disabled } = parseArgs(process.argv.slice(2));
   const started = performance.now();
   await check(entry);
   let componentize;
@@ -88,7 +106,7 @@ async function main() {
       sourcePath: staged.entry,
       witPath: wit,
       worldName: 'aggregate',
-      disableFeatures: DISABLED,
+      disableFeatures: disabled,
     }));
   } finally {
     process.chdir(cwd);

@@ -33,6 +33,19 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// NATS server URL; when set, events go to JetStream instead of the embedded log.
     pub nats_url: Option<String>,
+    /// What the host does when NATS cannot be reached at start: `retry` (default: start, serve
+    /// `/health` and `/ready` — not ready, naming NATS — and connect in the background with
+    /// backoff) or `fail-fast` (exit with an error).
+    pub nats_connect: NatsConnect,
+    /// Deadline of each event-log operation on NATS (all its requests together), in
+    /// milliseconds; past it the command answers 503 `unavailable`. Default 2000.
+    pub nats_request_timeout_ms: u64,
+    /// Consecutive NATS failures or timeouts that open the breaker (commands are then refused at
+    /// once until a probe succeeds). Default 3.
+    pub nats_breaker_failures: u32,
+    /// How long the breaker, opened by failures while the connection is up, waits before it
+    /// probes NATS again, in milliseconds. A reconnect probes at once. Default 1000.
+    pub nats_breaker_cooldown_ms: u64,
     /// JetStream stream name.
     pub stream: String,
     /// Default snapshot interval for newly deployed aggregate types (events; 0 = never).
@@ -47,6 +60,9 @@ pub struct Config {
     pub max_memory_mb: usize,
     /// Largest component upload, in MiB.
     pub max_component_mb: usize,
+    /// Component compiles that may run at once (uploads, reloads, rollbacks); more wait. A
+    /// compile already uses every core, so the default 1 keeps CPU and memory for commands.
+    pub max_concurrent_compiles: usize,
     /// Where the gateway API (commands, queries) listens.
     pub gateway_listen: SocketAddr,
     /// Where the admin API (deploy, health, metrics) listens.
@@ -62,8 +78,23 @@ pub struct Config {
     pub max_command_bytes: usize,
     /// How long a graceful shutdown waits for in-flight requests, in seconds.
     pub shutdown_grace_secs: u64,
+    /// After SIGTERM, how long the listeners stay open answering new requests `503
+    /// shutting-down` with `Connection: close` (so a request racing the signal on a keep-alive
+    /// connection gets an answer, not a dropped connection), in milliseconds. Default 500.
+    pub shutdown_linger_ms: u64,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+}
+
+/// What the host does when NATS cannot be reached at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatsConnect {
+    /// Start anyway, not ready until NATS answers; connect in the background with backoff.
+    #[default]
+    Retry,
+    /// Exit with an error (the behaviour before the breaker).
+    FailFast,
 }
 
 /// How the host writes its log (to stderr).
@@ -82,6 +113,10 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("data"),
             nats_url: None,
+            nats_connect: NatsConnect::Retry,
+            nats_request_timeout_ms: 2000,
+            nats_breaker_failures: 3,
+            nats_breaker_cooldown_ms: 1000,
             stream: "AGGREGATES".into(),
             snapshot_every: 100,
             max_attempts: 8,
@@ -89,6 +124,7 @@ impl Default for Config {
             max_warm_instances: 256,
             max_memory_mb: 256,
             max_component_mb: 64,
+            max_concurrent_compiles: crate::runtime::DEFAULT_MAX_CONCURRENT_COMPILES,
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_token: None,
@@ -96,6 +132,7 @@ impl Default for Config {
             tenants: Vec::new(),
             max_command_bytes: 1 << 20,
             shutdown_grace_secs: 30,
+            shutdown_linger_ms: 500,
             log_format: LogFormat::Text,
         }
     }
@@ -154,6 +191,16 @@ impl Config {
         match name {
             "DATA_DIR" => self.data_dir = PathBuf::from(v),
             "NATS_URL" => self.nats_url = (!v.trim().is_empty()).then_some(v),
+            "NATS_CONNECT" => {
+                self.nats_connect = match v.trim().to_ascii_lowercase().as_str() {
+                    "retry" => NatsConnect::Retry,
+                    "fail-fast" => NatsConnect::FailFast,
+                    _ => return Err(err(key, format!("{v:?}: use `retry` or `fail-fast`"))),
+                }
+            }
+            "NATS_REQUEST_TIMEOUT_MS" => self.nats_request_timeout_ms = num(key, &v)?,
+            "NATS_BREAKER_FAILURES" => self.nats_breaker_failures = num(key, &v)?,
+            "NATS_BREAKER_COOLDOWN_MS" => self.nats_breaker_cooldown_ms = num(key, &v)?,
             "STREAM" => self.stream = v,
             "SNAPSHOT_EVERY" => self.snapshot_every = num(key, &v)?,
             "MAX_ATTEMPTS" => self.max_attempts = num(key, &v)?,
@@ -161,6 +208,7 @@ impl Config {
             "MAX_WARM_INSTANCES" => self.max_warm_instances = num(key, &v)?,
             "MAX_MEMORY_MB" => self.max_memory_mb = num(key, &v)?,
             "MAX_COMPONENT_MB" => self.max_component_mb = num(key, &v)?,
+            "MAX_CONCURRENT_COMPILES" => self.max_concurrent_compiles = num(key, &v)?,
             "GATEWAY_LISTEN" => self.gateway_listen = addr(key, &v)?,
             "ADMIN_LISTEN" => self.admin_listen = addr(key, &v)?,
             "ADMIN_TOKEN" => self.admin_token = (!v.is_empty()).then_some(v),
@@ -175,6 +223,7 @@ impl Config {
             }
             "MAX_COMMAND_BYTES" => self.max_command_bytes = num(key, &v)?,
             "SHUTDOWN_GRACE_SECS" => self.shutdown_grace_secs = num(key, &v)?,
+            "SHUTDOWN_LINGER_MS" => self.shutdown_linger_ms = num(key, &v)?,
             "LOG_FORMAT" => {
                 self.log_format = match v.trim().to_ascii_lowercase().as_str() {
                     "text" => LogFormat::Text,
@@ -209,6 +258,21 @@ impl Config {
                 ));
             }
         }
+        if !(10..=60_000).contains(&self.nats_request_timeout_ms) {
+            return Err(err(
+                "nats_request_timeout_ms",
+                format!("{} is outside 10..=60000", self.nats_request_timeout_ms),
+            ));
+        }
+        if self.nats_breaker_failures == 0 {
+            return Err(err("nats_breaker_failures", "must be at least 1"));
+        }
+        if !(10..=600_000).contains(&self.nats_breaker_cooldown_ms) {
+            return Err(err(
+                "nats_breaker_cooldown_ms",
+                format!("{} is outside 10..=600000", self.nats_breaker_cooldown_ms),
+            ));
+        }
         if self.stream.is_empty()
             || !self
                 .stream
@@ -231,6 +295,9 @@ impl Config {
         }
         if self.max_component_mb == 0 {
             return Err(err("max_component_mb", "must be at least 1"));
+        }
+        if self.max_concurrent_compiles == 0 {
+            return Err(err("max_concurrent_compiles", "must be at least 1"));
         }
         match &self.admin_token {
             None if !self.admin_listen.ip().is_loopback() => {
@@ -306,6 +373,42 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/agg"));
         assert_eq!((c.max_attempts, c.snapshot_every), (5, 10));
         assert_eq!(c.stream, "AGGREGATES");
+        assert_eq!(c.nats_connect, NatsConnect::Retry);
+        assert_eq!(c.nats_request_timeout_ms, 2000);
+        let c = Config::load(
+            None,
+            env(&[
+                ("AGGREGATE_NATS_CONNECT", "fail-fast"),
+                ("AGGREGATE_NATS_REQUEST_TIMEOUT_MS", "500"),
+                ("AGGREGATE_NATS_BREAKER_FAILURES", "5"),
+                ("AGGREGATE_NATS_BREAKER_COOLDOWN_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.nats_connect, NatsConnect::FailFast);
+        assert_eq!(
+            (
+                c.nats_request_timeout_ms,
+                c.nats_breaker_failures,
+                c.nats_breaker_cooldown_ms
+            ),
+            (500, 5, 250)
+        );
+        let f = dir.path().join("nats.yaml");
+        std::fs::write(&f, "nats_connect: fail-fast\n").unwrap();
+        assert_eq!(
+            Config::load(Some(&f), env(&[])).unwrap().nats_connect,
+            NatsConnect::FailFast
+        );
+    }
+
+    #[test]
+    fn compile_concurrency_defaults_to_one_and_must_be_positive() {
+        assert_eq!(Config::default().max_concurrent_compiles, 1);
+        let c = Config::load(None, env(&[("AGGREGATE_MAX_CONCURRENT_COMPILES", "2")])).unwrap();
+        assert_eq!(c.max_concurrent_compiles, 2);
+        let e = Config::load(None, env(&[("AGGREGATE_MAX_CONCURRENT_COMPILES", "0")])).unwrap_err();
+        assert_eq!(e.field, "max_concurrent_compiles");
     }
 
     #[test]
@@ -318,6 +421,12 @@ mod tests {
         assert_eq!(e.field, "stream");
         let e = Config::load(None, env(&[("AGGREGATE_NATS_URL", "http://x:4222")])).unwrap_err();
         assert_eq!(e.field, "nats_url");
+        let e = Config::load(None, env(&[("AGGREGATE_NATS_CONNECT", "eventually")])).unwrap_err();
+        assert_eq!(e.field, "AGGREGATE_NATS_CONNECT");
+        let e = Config::load(None, env(&[("AGGREGATE_NATS_REQUEST_TIMEOUT_MS", "0")])).unwrap_err();
+        assert_eq!(e.field, "nats_request_timeout_ms");
+        let e = Config::load(None, env(&[("AGGREGATE_NATS_BREAKER_FAILURES", "0")])).unwrap_err();
+        assert_eq!(e.field, "nats_breaker_failures");
         let e = Config::load(None, env(&[("AGGREGATE_GATEWAY_LISTEN", "localhost")])).unwrap_err();
         assert_eq!(e.field, "AGGREGATE_GATEWAY_LISTEN");
         let e = Config::load(None, env(&[("AGGREGATE_MULTI_TENANT", "maybe")])).unwrap_err();

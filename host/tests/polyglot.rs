@@ -561,6 +561,48 @@ fn memory_bombs_are_stopped_by_the_memory_limit_in_every_language() {
     }
 }
 
+// ---- checks made before compiling ----
+
+/// Every language's components pass the checks `load` makes before compiling (they import
+/// only linked WASI and export the contract's types), and the JavaScript component built with
+/// componentize-js's `http` feature on is refused by them, naming `wasi:http`, in well under a
+/// second and without compiling.
+#[test]
+fn every_language_passes_the_checks_made_before_compiling_and_wasi_http_does_not() {
+    use aggregate_host::runtime::check_component;
+    for lang in languages() {
+        for path in std::iter::once(&lang.bank).chain(lang.hostile.as_ref()) {
+            check_component(&read(path)).unwrap_or_else(|e| panic!("{}: {e}", lang.name));
+        }
+    }
+    let http = polyglot("forbidden_http_js.wasm");
+    if !http.is_file() {
+        let msg = format!(
+            "{} is missing; build it with scripts/build-guests.sh",
+            http.display()
+        );
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("SKIPPED wasi:http: {msg}");
+        return;
+    }
+    let bytes = read(&http);
+    let started = std::time::Instant::now();
+    let e = check_component(&bytes).unwrap_err();
+    let took = started.elapsed();
+    match &e {
+        RuntimeError::ForbiddenImport { import, reason, .. } => {
+            assert!(import.starts_with("wasi:http/"), "{import}");
+            assert!(reason.contains("wasi:http is not provided"), "{reason}");
+        }
+        other => panic!("expected ForbiddenImport, got {other:?}"),
+    }
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "{} MB refused in {took:?}",
+        bytes.len() / 1_000_000
+    );
+}
+
 // ---- reproducible builds ----
 
 /// The same Go source built from two different folders gives byte-identical components (no

@@ -14,6 +14,9 @@ use aggregate_host::types::{
 };
 use example_artifacts::{BANK_ACCOUNT, FORBIDDEN_IMPORT, HOSTILE};
 
+#[path = "support/components.rs"]
+mod components;
+
 fn bytes(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
@@ -438,6 +441,12 @@ mod hostile {
         }
         assert!(e.to_string().contains("evil:"), "{e}");
         assert!(!rt.is_loaded(&ComponentHash::of(&bytes(FORBIDDEN_IMPORT))));
+        let s = rt.stats();
+        assert_eq!(
+            (s.compiles, s.compile_failures),
+            (0, 0),
+            "refused by reading it, not compiled"
+        );
         assert_bank_account_works(&rt);
     }
 
@@ -454,17 +463,164 @@ mod hostile {
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(
             rt.load(&truncated),
-            Err(RuntimeError::Compile { .. })
+            Err(RuntimeError::Malformed { .. })
         ));
         let wrong_world = wat::parse_str("(component)").unwrap();
         assert!(
             matches!(
                 rt.load(&wrong_world),
-                Err(RuntimeError::WorldMismatch { .. })
+                Err(RuntimeError::WorldMismatch { export: Some(ref e), .. }) if e == "init"
             ),
             "{:?}",
             rt.load(&wrong_world)
         );
+        assert_eq!(rt.stats().compiles, 0, "nothing was worth compiling");
+    }
+}
+
+/// What `load` decides before compiling, what it remembers, and how many compiles it runs at once.
+mod load_checks {
+    use super::*;
+    use std::time::Duration;
+
+    fn runtime_with(f: impl FnOnce(&mut RuntimeConfig)) -> Runtime {
+        let mut c = RuntimeConfig {
+            max_warm_instances: 16,
+            ..RuntimeConfig::default()
+        };
+        f(&mut c);
+        Runtime::new(c).unwrap()
+    }
+
+    #[test]
+    fn every_rust_example_passes_the_checks_made_before_compiling() {
+        let rt = runtime();
+        for path in [BANK_ACCOUNT, HOSTILE, example_artifacts::BANK_ACCOUNT_V2] {
+            rt.load(&bytes(path))
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+        assert_eq!(rt.stats().compiles, 3);
+    }
+
+    #[test]
+    fn an_export_of_the_wrong_type_is_named_before_compiling() {
+        let rt = runtime();
+        let e = rt.load(&components::decide_without_command(1)).unwrap_err();
+        match &e {
+            RuntimeError::WorldMismatch {
+                export: Some(export),
+                reason,
+                ..
+            } => {
+                assert_eq!(export, "decide");
+                assert!(reason.contains("parameters"), "{reason}");
+            }
+            other => panic!("expected WorldMismatch, got {other:?}"),
+        }
+        assert_eq!(e.kind(), "world-mismatch");
+        assert!(e.is_rejected_component());
+        assert_eq!(rt.stats().compiles + rt.stats().compile_failures, 0);
+    }
+
+    #[test]
+    fn a_forbidden_import_next_to_the_right_exports_is_named_before_compiling() {
+        let rt = runtime();
+        let e = rt
+            .load(&components::importing(
+                "wasi:http/outgoing-handler@0.2.3",
+                1,
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::ForbiddenImport { import, reason, .. }
+                if import == "wasi:http/outgoing-handler@0.2.3" && reason.contains("wasi:http")),
+            "{e:?}"
+        );
+        assert_eq!(rt.stats().compiles + rt.stats().compile_failures, 0);
+        // The same shape importing only linked WASI passes the checks (and, bodies being fine,
+        // compiles).
+        rt.load(&components::importing("wasi:io/error@0.2.0", 1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rt.stats().compiles, 1);
+    }
+
+    #[test]
+    fn a_refused_hash_is_refused_again_without_compiling() {
+        let rt = runtime();
+        let bad = components::fails_to_compile(1);
+        let first = rt.load(&bad).unwrap_err();
+        assert!(matches!(first, RuntimeError::Compile { .. }), "{first:?}");
+        assert_eq!(
+            (rt.stats().compile_failures, rt.stats().refusals_remembered),
+            (1, 0)
+        );
+        for _ in 0..3 {
+            let again = rt.load(&bad).unwrap_err();
+            assert_eq!(again.to_string(), first.to_string());
+        }
+        let s = rt.stats();
+        assert_eq!(
+            (s.compile_failures, s.refusals_remembered),
+            (1, 3),
+            "the compiler ran once"
+        );
+        // Other bytes are judged on their own.
+        assert!(rt.load(&components::fails_to_compile(2)).is_err());
+        assert_eq!(rt.stats().compile_failures, 2);
+        assert_bank_account_works(&rt);
+    }
+
+    #[test]
+    fn the_refusal_memory_is_bounded_in_size() {
+        let rt = runtime_with(|c| c.remembered_refusals = 2);
+        for salt in 0..3 {
+            rt.load(&components::fails_to_compile(salt)).unwrap_err();
+        }
+        // 0 was forgotten to make room for 2; 1 and 2 are remembered.
+        for salt in [2, 1, 0] {
+            rt.load(&components::fails_to_compile(salt)).unwrap_err();
+        }
+        let s = rt.stats();
+        assert_eq!((s.compile_failures, s.refusals_remembered), (4, 2));
+    }
+
+    #[test]
+    fn the_refusal_memory_is_bounded_in_time() {
+        let rt = runtime_with(|c| c.refusal_ttl = Duration::ZERO);
+        let bad = components::fails_to_compile(1);
+        rt.load(&bad).unwrap_err();
+        rt.load(&bad).unwrap_err();
+        let s = rt.stats();
+        assert_eq!((s.compile_failures, s.refusals_remembered), (2, 0));
+    }
+
+    #[test]
+    fn compiles_wait_for_a_slot() {
+        for (slots, threads) in [(1, 3), (2, 4)] {
+            let rt = Arc::new(runtime_with(|c| c.max_concurrent_compiles = slots));
+            let bank = bytes(BANK_ACCOUNT);
+            let start = Arc::new(std::sync::Barrier::new(threads));
+            let loads: Vec<_> = (0..threads as u64)
+                .map(|salt| {
+                    let (rt, start) = (rt.clone(), start.clone());
+                    let component = components::salted(&bank, salt);
+                    std::thread::spawn(move || {
+                        start.wait();
+                        rt.load(&component).map(|_| ())
+                    })
+                })
+                .collect();
+            for l in loads {
+                l.join().unwrap().unwrap();
+            }
+            let s = rt.stats();
+            assert_eq!(s.compiles, threads as u64);
+            assert!(
+                (1..=slots as u64).contains(&s.peak_concurrent_compiles),
+                "{slots} slots, peak {}",
+                s.peak_concurrent_compiles
+            );
+        }
     }
 }
 

@@ -214,6 +214,8 @@ on_both_logs!(
     single_tenant_mode_works,
     a_stale_cache_conflicts_and_is_retried,
     a_snapshot_of_another_component_is_trusted_or_rebuilt_per_manifest,
+    a_state_the_active_component_cannot_read_is_rebuilt_from_events,
+    a_command_id_is_bound_to_its_first_aggregate,
 );
 
 async fn bank_account_story(backend: Backend) {
@@ -585,4 +587,117 @@ async fn a_snapshot_of_another_component_is_trusted_or_rebuilt_per_manifest(back
         15,
         "policy rebuild: all events folded by the new component"
     );
+}
+
+/// Issue 8, fault 7: a snapshot (and the hot state cached from it) built by another component,
+/// in a shape the active component cannot read, must not brick the aggregate: the host rebuilds
+/// the state from the events with the active component and goes on.
+async fn a_state_the_active_component_cannot_read_is_rebuilt_from_events(backend: Backend) {
+    use aggregate_host::types::{ComponentHash, Snapshot};
+    let Some(env) = backend.start().await else {
+        return;
+    };
+    let acc = target(&tenant("acme"), AggregateId::generate());
+    let f = fixture(env.dir(), env.log().await).await;
+    send(&f, &acc, "open", serde_json::json!({"owner": "Ada"}))
+        .await
+        .unwrap();
+    send(&f, &acc, "deposit", serde_json::json!({"amount": 10}))
+        .await
+        .unwrap();
+    let active = f.registry.resolve(&bank()).unwrap().component;
+    let other = ComponentHash::of(b"a component with another state shape");
+    // Another component's snapshot at the head: a JSON array, which bank-account cannot read.
+    f.snapshots
+        .insert(&Snapshot {
+            aggregate: acc.clone(),
+            version: Version(2),
+            state: Json::parse(r#"[["funds", 10]]"#).unwrap(),
+            component: other,
+            log_position: 2,
+        })
+        .unwrap();
+    let fresh =
+        || async { open_fixture(env.dir(), env.log().await, Some(f.snapshots.clone())).await };
+
+    // The hot state: a read caches the snapshot as it is, and names the component that built it.
+    let host = fresh().await;
+    let read = host.service.state(&acc.tenant, &acc).await.unwrap();
+    assert_eq!((read.version, read.component), (Version(2), other));
+    // A command on it: the active component fails on that state, so the host rebuilds it.
+    let o = send(&host, &acc, "deposit", serde_json::json!({"amount": 5}))
+        .await
+        .expect("rebuilt from the events instead of failing");
+    assert_eq!((o.version, o.component), (Version(3), Some(active)));
+    let read = host.service.state(&acc.tenant, &acc).await.unwrap();
+    assert_eq!(
+        (read.state.to_value()["balance"].as_i64(), read.component),
+        (Some(15), active)
+    );
+
+    // The snapshot path: events after the foreign snapshot cannot be folded into it either.
+    let host = fresh().await;
+    let read = host.service.state(&acc.tenant, &acc).await.unwrap();
+    assert_eq!(
+        (read.version, read.state.to_value()["balance"].as_i64(), read.component),
+        (Version(3), Some(15), active)
+    );
+    let o = send(&host, &acc, "withdraw", serde_json::json!({"amount": 15}))
+        .await
+        .unwrap();
+    assert_eq!(o.version, Version(4));
+    assert_eq!(balance(&host, &acc).await, 0);
+}
+
+/// Issue 8, fault 4: a command id names one command on one aggregate. Reusing it on another
+/// aggregate is refused (naming the first), never answered with the first aggregate's result;
+/// the same id on the same aggregate still returns the original, also after a restart.
+async fn a_command_id_is_bound_to_its_first_aggregate(backend: Backend) {
+    let Some(env) = backend.start().await else {
+        return;
+    };
+    let acme = tenant("acme");
+    let (y, z) = (
+        target(&acme, AggregateId::generate()),
+        target(&acme, AggregateId::generate()),
+    );
+    let k = CommandId::generate();
+    let with_k = |t: &AggregateRef| Submit {
+        command_id: Some(k),
+        ..submit(t, "deposit", serde_json::json!({"amount": 7}))
+    };
+    {
+        let f = fixture(env.dir(), env.log().await).await;
+        for t in [&y, &z] {
+            send(&f, t, "open", serde_json::json!({"owner": "Ada"}))
+                .await
+                .unwrap();
+        }
+        let first = f.service.submit(&acme, with_k(&y)).await.unwrap();
+        assert!(!first.duplicate);
+        let reused = f.service.submit(&acme, with_k(&z)).await.unwrap_err();
+        match &reused {
+            ServiceError::CommandIdReused {
+                command_id, first, ..
+            } => assert_eq!((command_id, first), (&k, &y)),
+            other => panic!("expected CommandIdReused, got {other:?}"),
+        }
+        assert!(reused.to_string().contains(&y.aggregate_id.to_string()));
+        assert_eq!(balance(&f, &z).await, 0, "nothing happened to Z");
+        let again = f.service.submit(&acme, with_k(&y)).await.unwrap();
+        assert!(again.duplicate && again.aggregate == y);
+    }
+    let f = fixture(env.dir(), env.reopen_log().await).await;
+    assert!(matches!(
+        f.service.submit(&acme, with_k(&z)).await,
+        Err(ServiceError::CommandIdReused { .. })
+    ));
+    assert!(f.service.submit(&acme, with_k(&y)).await.unwrap().duplicate);
+    assert_eq!((balance(&f, &y).await, balance(&f, &z).await), (7, 0));
+    // Another tenant may use the same id for its own aggregate.
+    let other = target(&tenant("globex"), z.aggregate_id);
+    send(&f, &other, "open", serde_json::json!({"owner": "Bob"}))
+        .await
+        .unwrap();
+    assert!(!f.service.submit(&other.tenant, with_k(&other)).await.unwrap().duplicate);
 }

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aggregate_host::store::{
-    Commit, EmbeddedLog, EventLog, EventStream, JetStreamConfig, JetStreamLog, StoreError,
+    BreakerConfig, BreakerState, Commit, ConnectMode, EmbeddedLog, EventLog, EventStream,
+    JetStreamConfig, JetStreamLog, StoreError,
 };
 use aggregate_host::types::{
     AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, ComponentHash, Event,
@@ -940,4 +941,160 @@ async fn embedded_group_commit_under_concurrency() {
             assert!(positions.insert(found.position), "positions are unique");
         }
     }
+}
+
+/// Poll `log.health()` until `ok == want` (bounded); how long it took.
+async fn wait_health(log: &JetStreamLog, want: bool, timeout: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    while log.health().ok != want {
+        assert!(
+            started.elapsed() < timeout,
+            "health not {want} within {timeout:?}: {:?}",
+            log.health()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// A lazy start before nats-server is up, then an outage: the log refuses at once while NATS is
+/// away (health names the reason), opens when it comes, and recovers by itself after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_opens_lazily_and_refuses_at_once_while_nats_is_down() {
+    let Some(mut server) = NatsServer::reserve_or_skip("jetstream_lazy_open_and_outage") else {
+        return;
+    };
+    let config = JetStreamConfig {
+        request_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let log = JetStreamLog::connect_with(&server.url(), config, ConnectMode::Retry)
+        .await
+        .expect("a lazy start does not need the server");
+    assert!(!log.wait_open(Duration::from_secs(2)).await);
+    let health = log.health();
+    assert_eq!(
+        (health.ok, health.state),
+        (false, "connecting"),
+        "{health:?}"
+    );
+    assert!(
+        health
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("NATS not connected yet"),
+        "{health:?}"
+    );
+    let a = agg("t1", "account");
+    let started = std::time::Instant::now();
+    match log.append(commit(&a, 0, 1)).await {
+        Err(StoreError::Unavailable(reason)) => {
+            assert!(reason.contains("NATS not connected yet"), "{reason}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_millis(100));
+
+    server.start();
+    wait_health(&log, true, Duration::from_secs(10)).await;
+    assert!(log.is_open());
+    assert_eq!(log.breaker().state(), BreakerState::Closed);
+    log.append(commit(&a, 0, 1)).await.unwrap();
+
+    server.kill();
+    let noticed = wait_health(&log, false, Duration::from_secs(2)).await;
+    assert_eq!(log.breaker().state(), BreakerState::Open);
+    assert!(
+        log.health().reason.unwrap().contains("connection lost"),
+        "{:?}",
+        log.health()
+    );
+    let started = std::time::Instant::now();
+    for op in 0..3 {
+        let refused = match op {
+            0 => log.append(commit(&a, 1, 1)).await.map(|_| ()),
+            1 => log.read(&a, Version(0)).await.map(|_| ()),
+            _ => log
+                .find_command(&a.tenant, &CommandId::generate())
+                .await
+                .map(|_| ()),
+        };
+        assert!(
+            matches!(refused, Err(StoreError::Unavailable(_))),
+            "{refused:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "refused at once, not after a timeout: {:?}",
+        started.elapsed()
+    );
+
+    server.start();
+    let recovered = wait_health(&log, true, Duration::from_secs(10)).await;
+    assert_eq!(log.version(&a).await.unwrap(), Version(1));
+    log.append(commit(&a, 1, 1)).await.unwrap();
+    println!("outage noticed after {noticed:?}; healthy {recovered:?} after the server was back");
+}
+
+/// A server that accepts the connection but stops answering (SIGSTOP): each operation fails at
+/// the deadline, consecutive failures open the breaker (then refusals are immediate), and a
+/// probe closes it once the server answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_operations_have_a_deadline_and_failures_open_the_breaker() {
+    let Some(b) = JetStreamBackend::start_with(
+        "jetstream_deadline_and_breaker",
+        JetStreamConfig {
+            request_timeout: Duration::from_millis(300),
+            breaker: BreakerConfig {
+                failure_threshold: 2,
+                cooldown: Duration::from_millis(200),
+            },
+            ..Default::default()
+        },
+    ) else {
+        return;
+    };
+    let log = JetStreamLog::connect(&b.url(), b.config.clone())
+        .await
+        .unwrap();
+    let a = agg("t1", "account");
+    log.append(commit(&a, 0, 1)).await.unwrap();
+    b.server.lock().signal("STOP");
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let r = log.version(&a).await;
+        let took = started.elapsed();
+        assert!(
+            // Our deadline or the client's request timeout (set to the same value), whichever
+            // fires first.
+            matches!(&r, Err(StoreError::Unavailable(m)) if m.starts_with("nats: ")),
+            "{r:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+            "{took:?}"
+        );
+    }
+    assert_eq!(log.breaker().state(), BreakerState::Open);
+    let health = log.health();
+    assert!(
+        !health.ok
+            && health
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("2 consecutive failures"),
+        "{health:?}"
+    );
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        log.read(&a, Version(0)).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(started.elapsed() < Duration::from_millis(100));
+    b.server.lock().signal("CONT");
+    wait_health(&log, true, Duration::from_secs(10)).await;
+    assert_eq!(log.version(&a).await.unwrap(), Version(1));
 }

@@ -11,10 +11,14 @@ mod support;
 
 mod admin;
 mod cli;
+mod conformance;
 mod drain;
 mod errors;
+mod faults;
 mod hot_deploy;
 mod metrics;
+mod nats_outage;
 mod scaffold;
 mod shutdown;
 mod story;
+mod upload_limits;

@@ -5,6 +5,11 @@
 //!
 //! A test can tell which version decided a command from the response alone: v1 writes
 //! `deposited` at schema 1 without a currency, v2 at schema 2 with one.
+//!
+//! The limits are version 1's too: amounts and balances stay within [`MAX_BALANCE`] (2^53 − 1),
+//! every sum on a balance is checked, and a deposit past the maximum is rejected ("balance would
+//! overflow"). `apply` cannot return an error, so a history that would overflow (never one this
+//! aggregate decided) stops it with a panic naming the event rather than a wrapped balance.
 
 use aggregate_sdk::{Aggregate, DecideError, Value};
 use serde::{Deserialize, Serialize};
@@ -70,13 +75,36 @@ pub enum Event {
 /// The only currency of this version.
 pub const CURRENCY: &str = "EUR";
 
-fn positive(amount: i64) -> Result<i64, DecideError> {
-    if amount > 0 {
-        Ok(amount)
-    } else {
+/// The largest balance, and so the largest amount: 2^53 − 1, as in version 1 (the largest
+/// integer every guest language and JSON reader holds exactly).
+pub const MAX_BALANCE: i64 = (1 << 53) - 1;
+
+/// `balance + delta`, or `None` when the sum would leave ±[`MAX_BALANCE`] (never wraps).
+pub fn add_to_balance(balance: i64, delta: i64) -> Option<i64> {
+    balance
+        .checked_add(delta)
+        .filter(|sum| (-MAX_BALANCE..=MAX_BALANCE).contains(sum))
+}
+
+/// `balance - amount`, checked like [`add_to_balance`].
+pub fn subtract_from_balance(balance: i64, amount: i64) -> Option<i64> {
+    balance
+        .checked_sub(amount)
+        .filter(|difference| (-MAX_BALANCE..=MAX_BALANCE).contains(difference))
+}
+
+/// An amount is positive and at most [`MAX_BALANCE`] (checked before the account is open).
+fn valid_amount(amount: i64) -> Result<i64, DecideError> {
+    if amount <= 0 {
         Err(DecideError::invalid(format!(
             "amount must be positive, got {amount}"
         )))
+    } else if amount > MAX_BALANCE {
+        Err(DecideError::invalid(format!(
+            "amount must be at most {MAX_BALANCE}, got {amount}"
+        )))
+    } else {
+        Ok(amount)
     }
 }
 
@@ -108,15 +136,22 @@ impl Aggregate for BankAccountV2 {
                 Ok(vec![Event::Opened { owner }])
             }
             Command::Deposit { amount } => {
-                let amount = positive(amount)?;
+                let amount = valid_amount(amount)?;
                 require_open(state)?;
+                if add_to_balance(state.balance, amount).is_none() {
+                    return Err(DecideError::rejected(format!(
+                        "balance would overflow: balance {}, requested {amount}, maximum \
+                         {MAX_BALANCE}",
+                        state.balance
+                    )));
+                }
                 Ok(vec![Event::Deposited {
                     amount,
                     currency: CURRENCY.into(),
                 }])
             }
             Command::Withdraw { amount } => {
-                let amount = positive(amount)?;
+                let amount = valid_amount(amount)?;
                 require_open(state)?;
                 if amount > state.balance {
                     return Err(DecideError::rejected(format!(
@@ -135,8 +170,22 @@ impl Aggregate for BankAccountV2 {
                 state.opened = true;
                 state.owner = owner;
             }
-            Event::Deposited { amount, .. } => state.balance += amount,
-            Event::Withdrawn { amount } => state.balance -= amount,
+            Event::Deposited { amount, .. } => {
+                state.balance = add_to_balance(state.balance, amount).unwrap_or_else(|| {
+                    panic!(
+                        "balance would overflow: balance {}, deposited {amount}",
+                        state.balance
+                    )
+                });
+            }
+            Event::Withdrawn { amount } => {
+                state.balance = subtract_from_balance(state.balance, amount).unwrap_or_else(|| {
+                    panic!(
+                        "balance would overflow: balance {}, withdrawn {amount}",
+                        state.balance
+                    )
+                });
+            }
         }
     }
 
@@ -212,5 +261,58 @@ mod tests {
         given::<BankAccountV2>([])
             .when(Command::Deposit { amount: 1 })
             .then_error(DecideError::rejected("account is not open"));
+    }
+
+    #[test]
+    fn a_deposit_that_would_overflow_the_balance_is_rejected() {
+        let opened = Event::Opened {
+            owner: "ada".into(),
+        };
+        let full = Event::Deposited {
+            amount: MAX_BALANCE,
+            currency: "EUR".into(),
+        };
+        given::<BankAccountV2>([opened.clone(), full.clone()])
+            .when(Command::Deposit { amount: 1 })
+            .then_error(DecideError::rejected(
+                "balance would overflow: balance 9007199254740991, requested 1, maximum \
+                 9007199254740991",
+            ));
+        given::<BankAccountV2>([opened.clone(), full, Event::Withdrawn { amount: 1 }])
+            .when(Command::Deposit { amount: 1 })
+            .then([Event::Deposited {
+                amount: 1,
+                currency: "EUR".into(),
+            }]);
+        given::<BankAccountV2>([opened])
+            .when_raw("deposit", r#"{"amount": 9223372036854775807}"#)
+            .then_error(DecideError::invalid(
+                "amount must be at most 9007199254740991, got 9223372036854775807",
+            ));
+    }
+
+    #[test]
+    fn balance_arithmetic_is_checked() {
+        assert_eq!(MAX_BALANCE, 9_007_199_254_740_991);
+        assert_eq!(add_to_balance(MAX_BALANCE - 1, 1), Some(MAX_BALANCE));
+        assert_eq!(add_to_balance(MAX_BALANCE, 1), None);
+        assert_eq!(add_to_balance(i64::MAX, 1), None);
+        assert_eq!(subtract_from_balance(0, MAX_BALANCE), Some(-MAX_BALANCE));
+        assert_eq!(subtract_from_balance(0, i64::MIN), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "balance would overflow: balance 9007199254740991, deposited 1")]
+    fn apply_never_folds_an_upcast_history_past_the_maximum() {
+        // Version-1 deposits (upcast) that a broken version 1 let pass the maximum.
+        let v1 = |amount: i64| aggregate_sdk::codec::RawEvent {
+            event_type: "deposited".into(),
+            schema_version: 1,
+            payload: format!(r#"{{"amount":{amount}}}"#),
+        };
+        let _ = aggregate_sdk::codec::apply::<BankAccountV2>(
+            r#"{"opened":true,"owner":"ada","balance":0}"#,
+            &[v1(MAX_BALANCE), v1(1)],
+        );
     }
 }

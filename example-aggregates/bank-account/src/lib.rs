@@ -8,11 +8,18 @@
 //! | `deposit` | `{"amount": 100}` | `deposited {"amount": 100}` |
 //! | `withdraw` | `{"amount": 30}` | `withdrawn {"amount": 30}` |
 //!
-//! Rules: amounts must be positive and the owner non-empty (otherwise `invalid`); opening an
-//! account twice, depositing to or withdrawing from an account that is not open, and
-//! withdrawing more than the balance ("insufficient funds") are `rejected`.
+//! Rules: amounts must be positive, at most [`MAX_BALANCE`], and the owner non-empty (otherwise
+//! `invalid`); opening an account twice, depositing to or withdrawing from an account that is not
+//! open, withdrawing more than the balance ("insufficient funds") and depositing past
+//! [`MAX_BALANCE`] ("balance would overflow") are `rejected`.
 //!
 //! State: `{"opened": true, "owner": "alice", "balance": 70}`.
+//!
+//! Money never wraps: every sum on a balance is checked ([`add_to_balance`]). `decide` refuses a
+//! deposit that would pass [`MAX_BALANCE`], so `apply` never meets one in a history this
+//! aggregate decided. The Rust SDK's `apply` cannot return an error, so a history from elsewhere
+//! that would overflow stops `apply` with a panic naming the event (the host reports the failed
+//! call) rather than folding a wrong balance.
 
 use aggregate_sdk::{Aggregate, DecideError};
 use serde::{Deserialize, Serialize};
@@ -73,13 +80,40 @@ pub enum Event {
     },
 }
 
-fn positive(amount: i64) -> Result<i64, DecideError> {
-    if amount > 0 {
-        Ok(amount)
-    } else {
+/// The largest balance an account holds, and so the largest amount: 2^53 − 1, the largest
+/// integer that every language of this example represents exactly (JavaScript numbers are
+/// doubles) and that any JSON reader of the state reads exactly (RFC 8259, section 6). The
+/// bank account behaves the same in Rust, Go, JavaScript and Python
+/// (`tests/parity/bank-account.yaml`), so its limit is the one they all share.
+pub const MAX_BALANCE: i64 = (1 << 53) - 1;
+
+/// `balance + delta`, or `None` when the sum would leave ±[`MAX_BALANCE`] (checked arithmetic:
+/// it never wraps, whatever the operands).
+pub fn add_to_balance(balance: i64, delta: i64) -> Option<i64> {
+    balance
+        .checked_add(delta)
+        .filter(|sum| (-MAX_BALANCE..=MAX_BALANCE).contains(sum))
+}
+
+/// `balance - amount`, checked like [`add_to_balance`].
+pub fn subtract_from_balance(balance: i64, amount: i64) -> Option<i64> {
+    balance
+        .checked_sub(amount)
+        .filter(|difference| (-MAX_BALANCE..=MAX_BALANCE).contains(difference))
+}
+
+/// An amount is positive and at most [`MAX_BALANCE`] (checked before the account is open).
+fn valid_amount(amount: i64) -> Result<i64, DecideError> {
+    if amount <= 0 {
         Err(DecideError::invalid(format!(
             "amount must be positive, got {amount}"
         )))
+    } else if amount > MAX_BALANCE {
+        Err(DecideError::invalid(format!(
+            "amount must be at most {MAX_BALANCE}, got {amount}"
+        )))
+    } else {
+        Ok(amount)
     }
 }
 
@@ -111,12 +145,19 @@ impl Aggregate for BankAccount {
                 Ok(vec![Event::Opened { owner }])
             }
             Command::Deposit { amount } => {
-                let amount = positive(amount)?;
+                let amount = valid_amount(amount)?;
                 require_open(state)?;
+                if add_to_balance(state.balance, amount).is_none() {
+                    return Err(DecideError::rejected(format!(
+                        "balance would overflow: balance {}, requested {amount}, maximum \
+                         {MAX_BALANCE}",
+                        state.balance
+                    )));
+                }
                 Ok(vec![Event::Deposited { amount }])
             }
             Command::Withdraw { amount } => {
-                let amount = positive(amount)?;
+                let amount = valid_amount(amount)?;
                 require_open(state)?;
                 if amount > state.balance {
                     return Err(DecideError::rejected(format!(
@@ -135,8 +176,22 @@ impl Aggregate for BankAccount {
                 state.opened = true;
                 state.owner = owner;
             }
-            Event::Deposited { amount } => state.balance += amount,
-            Event::Withdrawn { amount } => state.balance -= amount,
+            Event::Deposited { amount } => {
+                state.balance = add_to_balance(state.balance, amount).unwrap_or_else(|| {
+                    panic!(
+                        "balance would overflow: balance {}, deposited {amount}",
+                        state.balance
+                    )
+                });
+            }
+            Event::Withdrawn { amount } => {
+                state.balance = subtract_from_balance(state.balance, amount).unwrap_or_else(|| {
+                    panic!(
+                        "balance would overflow: balance {}, withdrawn {amount}",
+                        state.balance
+                    )
+                });
+            }
         }
     }
 }
@@ -250,6 +305,133 @@ mod tests {
         .then_error(DecideError::rejected(
             "insufficient funds: balance 70, requested 71",
         ));
+    }
+
+    fn account(balance: i64) -> Account {
+        Account {
+            opened: true,
+            owner: "alice".into(),
+            balance,
+        }
+    }
+
+    #[test]
+    fn the_maximum_is_what_javascript_holds_exactly() {
+        // 2^53 - 1: JavaScript's Number.MAX_SAFE_INTEGER, the limit the parity table uses.
+        assert_eq!(MAX_BALANCE, 9_007_199_254_740_991);
+        assert_eq!(MAX_BALANCE as f64 as i64, MAX_BALANCE);
+        assert_ne!((MAX_BALANCE + 2) as f64 as i64, MAX_BALANCE + 2);
+    }
+
+    #[test]
+    fn deposits_fill_the_balance_up_to_the_maximum() {
+        given::<BankAccount>([
+            opened(),
+            Event::Deposited {
+                amount: MAX_BALANCE - 1,
+            },
+        ])
+        .when(Command::Deposit { amount: 1 })
+        .then([Event::Deposited { amount: 1 }])
+        .then_state(account(MAX_BALANCE));
+        given::<BankAccount>([opened()])
+            .when_raw("deposit", r#"{"amount": 9007199254740991}"#)
+            .then([Event::Deposited {
+                amount: MAX_BALANCE,
+            }])
+            .then_state(account(MAX_BALANCE));
+    }
+
+    #[test]
+    fn a_deposit_that_would_overflow_the_balance_is_rejected() {
+        given::<BankAccount>([
+            opened(),
+            Event::Deposited {
+                amount: MAX_BALANCE,
+            },
+        ])
+        .when(Command::Deposit { amount: 1 })
+        .then_error(DecideError::rejected(
+            "balance would overflow: balance 9007199254740991, requested 1, maximum \
+                 9007199254740991",
+        ));
+        given::<BankAccount>([
+            opened(),
+            Event::Deposited {
+                amount: MAX_BALANCE - 5,
+            },
+            Event::Withdrawn { amount: 5 },
+        ])
+        .when_raw("deposit", r#"{"amount": 4503599627370498}"#)
+        .then_rejected_containing("balance would overflow: balance 9007199254740981");
+    }
+
+    #[test]
+    fn a_withdrawal_makes_room_for_a_deposit_again() {
+        given::<BankAccount>([
+            opened(),
+            Event::Deposited {
+                amount: MAX_BALANCE,
+            },
+            Event::Withdrawn { amount: 1 },
+        ])
+        .when(Command::Deposit { amount: 1 })
+        .then([Event::Deposited { amount: 1 }])
+        .then_state(account(MAX_BALANCE));
+    }
+
+    #[test]
+    fn amounts_beyond_the_maximum_are_invalid() {
+        for amount in [MAX_BALANCE + 1, i64::MAX] {
+            let message = format!("amount must be at most 9007199254740991, got {amount}");
+            given::<BankAccount>([])
+                .when(Command::Deposit { amount })
+                .then_error(DecideError::invalid(message.clone()));
+            given::<BankAccount>([opened(), Event::Deposited { amount: 100 }])
+                .when(Command::Withdraw { amount })
+                .then_error(DecideError::invalid(message));
+        }
+        // The story of the bug: i64::MAX and then 1 used to wrap the balance to i64::MIN.
+        given::<BankAccount>([opened()])
+            .when_raw("deposit", r#"{"amount": 9223372036854775807}"#)
+            .then_invalid_containing("amount must be at most 9007199254740991");
+    }
+
+    #[test]
+    fn balance_arithmetic_is_checked() {
+        assert_eq!(add_to_balance(MAX_BALANCE - 1, 1), Some(MAX_BALANCE));
+        assert_eq!(add_to_balance(MAX_BALANCE, 1), None);
+        assert_eq!(add_to_balance(1, i64::MAX), None);
+        assert_eq!(add_to_balance(i64::MAX, i64::MAX), None);
+        assert_eq!(add_to_balance(-MAX_BALANCE, -1), None);
+        assert_eq!(subtract_from_balance(MAX_BALANCE, MAX_BALANCE), Some(0));
+        assert_eq!(subtract_from_balance(0, MAX_BALANCE), Some(-MAX_BALANCE));
+        assert_eq!(subtract_from_balance(0, i64::MIN), None);
+        assert_eq!(subtract_from_balance(-MAX_BALANCE, 1), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "balance would overflow: balance 9007199254740991, deposited 1")]
+    fn apply_never_folds_a_history_past_the_maximum() {
+        let _ = given::<BankAccount>([
+            opened(),
+            Event::Deposited {
+                amount: MAX_BALANCE,
+            },
+            Event::Deposited { amount: 1 },
+        ])
+        .state();
+    }
+
+    #[test]
+    #[should_panic(expected = "balance would overflow: balance 1, deposited 9223372036854775807")]
+    fn apply_never_wraps() {
+        let _ = given::<BankAccount>([
+            opened(),
+            Event::Deposited { amount: 1 },
+            Event::Deposited { amount: i64::MAX },
+        ])
+        .state();
     }
 
     #[test]

@@ -5,10 +5,16 @@
 //	add        {"by": 2}    added {"by": 2}
 //	reset      {}           reset {}
 //
+// Arithmetic on the state is checked: an add that would overflow the counter is rejected, never
+// wrapped (Go's int64 addition wraps silently).
+//
 // Test: go test ./...    Build: aggregate-host build . -o __NAME__.wasm
 package main
 
 import (
+	"fmt"
+	"math"
+
 	aggregate "aggregatehost.dev/sdk"
 )
 
@@ -35,6 +41,9 @@ var Counter = aggregate.Definition[State]{
 			if p.By <= 0 {
 				return nil, aggregate.Invalidf("by must be positive, got %d", p.By)
 			}
+			if _, ok := add(s.Value, p.By); !ok {
+				return nil, aggregate.Rejectedf("counter would overflow: value %d, adding %d", s.Value, p.By)
+			}
 			return []aggregate.Event{aggregate.NewEvent("added", p)}, nil
 		case "reset":
 			if s.Value == 0 {
@@ -51,12 +60,25 @@ var Counter = aggregate.Definition[State]{
 			if err := e.Decode(&p); err != nil {
 				return err
 			}
-			s.Value += p.By
+			value, ok := add(s.Value, p.By)
+			if !ok {
+				return fmt.Errorf("counter would overflow: value %d, added %d", s.Value, p.By)
+			}
+			s.Value = value
 		case "reset":
 			s.Value = 0
 		}
 		return nil
 	},
+}
+
+// add returns a + b, or false when the sum would overflow int64 (Go has no checked addition, so
+// the bounds are tested before adding).
+func add(a, b int64) (int64, bool) {
+	if (b > 0 && a > math.MaxInt64-b) || (b < 0 && a < math.MinInt64-b) {
+		return 0, false
+	}
+	return a + b, true
 }
 
 func init() { aggregate.Register(Counter) }

@@ -134,4 +134,11 @@ test('build.mjs arguments', () => {
   assert.throws(() => parseArgs(['a.js', 'b.wasm', 'c']), /usage/);
   assert.throws(() => parseArgs(['a.js', 'b.wasm', '--fast']), /unknown option --fast/);
   assert.throws(() => parseArgs(['a.js', 'b.wasm', '--wit']), /--wit needs a path/);
+  assert.deepEqual(parseArgs(['a.js', 'b.wasm']).disabled, ['random', 'stdio', 'clocks', 'http', 'fetch-event']);
+  assert.deepEqual(
+    parseArgs(['a.js', '--keep-feature', 'http', 'b.wasm']).disabled,
+    ['random', 'stdio', 'clocks', 'fetch-event'],
+  );
+  assert.throws(() => parseArgs(['a.js', 'b.wasm', '--keep-feature', 'net']), /--keep-feature needs one of/);
+  assert.throws(() => parseArgs(['a.js', 'b.wasm', '--keep-feature']), /--keep-feature needs one of/);
 });

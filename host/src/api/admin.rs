@@ -12,16 +12,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json as AxumJson;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use super::gateway::path_error;
 use super::{ApiError, AppState, Routes};
 use crate::registry::RegistryError;
 use crate::runtime::Limits;
-use crate::types::{AggregateId, AggregateRef, AggregateType, TenantId};
+use crate::types::{AggregateType, TenantId};
 
 const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Limit of the JSON bodies of admin requests other than uploads.
 const SMALL_BODY: usize = 64 << 10;
 
@@ -301,7 +299,10 @@ async fn drain_request(body: Body) -> Result<(TenantId, Duration), ApiError> {
     let r: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
+        // Through a map: serde would also take a struct from a JSON array (`[null, null]`).
+        let bad = |e: serde_json::Error| ApiError::BadRequest(format!("body: {e}"));
+        let object: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(bad)?;
+        serde_json::from_value(Value::Object(object)).map_err(bad)?
     };
     let tenant = TenantId::new(r.tenant_id.unwrap_or_default())?;
     Ok((
@@ -369,40 +370,31 @@ async fn metrics(State(st): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, ct)], st.0.metrics.render()).into_response()
 }
 
-/// One read of the event log (through NATS in JetStream mode).
-async fn probe_event_log(st: &AppState) -> Value {
-    let probe = AggregateRef {
-        tenant: TenantId::new("health-probe").expect("valid"),
-        aggregate_type: AggregateType::new("health-probe").expect("valid"),
-        aggregate_id: AggregateId::from_uuid(Uuid::from_u128(
-            0x0000_0000_0000_7000_8000_0000_0000_0001,
-        ))
-        .expect("a v7 UUID"),
-    };
-    let started = Instant::now();
+/// The event log's health as the log tracks it (its breaker and connection state in JetStream
+/// mode, its storage state when embedded): answered at once, without I/O, so a probe never waits
+/// on a hung dependency.
+fn event_log_check(st: &AppState) -> Value {
     let log = st.0.service.log();
-    let (ok, error) = match tokio::time::timeout(PROBE_TIMEOUT, log.version(&probe)).await {
-        Ok(Ok(_)) => (true, None),
-        Ok(Err(e)) => (false, Some(e.to_string())),
-        Err(_) => (
-            false,
-            Some(format!("no answer within {} ms", PROBE_TIMEOUT.as_millis())),
-        ),
-    };
-    json!({ "ok": ok, "kind": log.kind(), "latency_ms": started.elapsed().as_secs_f64() * 1e3, "error": error })
+    let health = log.health();
+    json!({ "ok": health.ok, "kind": log.kind(), "state": health.state, "reason": health.reason })
 }
 
 fn nats_status(st: &AppState, log: &Value) -> Value {
     match &st.0.config.nats_url {
-        Some(url) => json!({ "ok": log["ok"], "url": url }),
+        Some(url) => json!({
+            "ok": log["ok"],
+            "url": url,
+            "state": log["state"],
+            "reason": log["reason"],
+        }),
         None => Value::Null,
     }
 }
 
-/// `GET /health`: liveness. Always 200 while the process serves; `status` says whether storage
-/// and NATS answer.
+/// `GET /health`: liveness. Always 200 while the process serves, answered at once; `status` says
+/// whether storage and NATS are up as the event log tracks them.
 async fn health(State(st): State<AppState>) -> Response {
-    let log = probe_event_log(&st).await;
+    let log = event_log_check(&st);
     let status = if log["ok"] == Value::Bool(true) {
         "ok"
     } else {
@@ -411,14 +403,16 @@ async fn health(State(st): State<AppState>) -> Response {
     AxumJson(json!({
         "status": status,
         "uptime_secs": st.0.started.elapsed().as_secs(),
-        "event_log": log,
         "nats": nats_status(&st, &log),
+        "event_log": log,
     }))
     .into_response()
 }
 
 /// `GET /ready`: 200 when configuration, manifest, storage and NATS are all good and the host is
-/// not shutting down; otherwise a `not-ready` problem listing the checks.
+/// not shutting down; otherwise a `not-ready` problem listing the checks (a failing `nats` or
+/// `storage` check carries the log's `state` and `reason`, e.g. `NATS not connected yet (…)`).
+/// Answered at once from tracked state: no I/O that could hang.
 async fn ready(State(st): State<AppState>) -> Result<Response, ApiError> {
     let manifest = st.0.registry.manifest();
     let missing: Vec<&AggregateType> = manifest
@@ -427,7 +421,7 @@ async fn ready(State(st): State<AppState>) -> Result<Response, ApiError> {
         .filter(|(_, e)| !st.0.runtime.is_loaded(&e.component))
         .map(|(t, _)| t)
         .collect();
-    let log = probe_event_log(&st).await;
+    let log = event_log_check(&st);
     let mut checks = json!({
         "config": { "ok": true },
         "manifest": { "ok": missing.is_empty(), "aggregates": manifest.aggregates.len(), "not_loaded": missing },

@@ -1,13 +1,18 @@
 //! Reading request bodies with a size limit, draining what is over it.
 //!
+//! A body whose `Content-Length` already exceeds the limit is refused at once, before the client
+//! sends it: nothing is read into memory. (A client that waits for `100 Continue` then sends
+//! nothing; a raw client that sent only the headers gets its 413 immediately.)
+//!
 //! An HTTP/1.1 server that answers before reading the whole request body and then closes the
 //! connection makes the client's kernel see a reset, and most clients then lose the answer (a
 //! 413 or 401 becomes "connection reset"). So bodies over the limit, and bodies of refused
-//! requests, are read to the end and dropped — up to a cap, past which the connection is given up.
+//! requests, are read and dropped — after the answer when the length was declared — up to a cap,
+//! past which the connection is given up.
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use futures::StreamExt;
 
 use super::ApiError;
@@ -24,11 +29,20 @@ fn drain_cap(limit: usize) -> usize {
 ///
 /// # Errors
 ///
-/// [`ApiError::PayloadTooLarge`] naming `what` when the body is longer; [`ApiError::BadRequest`]
-/// when it breaks off or takes longer than a minute.
+/// [`ApiError::PayloadTooLarge`] naming `what` when the body is longer — at once, without reading
+/// it, when its `Content-Length` says so; [`ApiError::BadRequest`] when it breaks off or takes
+/// longer than a minute.
 pub(super) async fn read(body: Body, limit: usize, what: &'static str) -> Result<Bytes, ApiError> {
+    // hyper reports `Content-Length` as the exact size (0 when chunked).
+    let declared = body.size_hint().lower();
+    if declared > limit as u64 {
+        // Answer now; drain in the background so a client already sending reads the answer.
+        tokio::spawn(discard(body, drain_cap(limit)));
+        return Err(ApiError::PayloadTooLarge { what, limit });
+    }
     let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
+    // One allocation of the declared size (≤ limit) instead of doubling to it.
+    let mut buf = Vec::with_capacity(declared as usize);
     let mut total = 0usize;
     let cap = drain_cap(limit);
     let read = async {
@@ -92,5 +106,51 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    /// A body that declares `len` bytes and never sends one (a client that sent only headers).
+    struct Silent(u64);
+
+    impl HttpBody for Silent {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(self.0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_without_waiting_for_the_body() {
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            read(Body::new(Silent(10 << 30)), 1 << 20, "component"),
+        )
+        .await
+        .expect("answered without the body");
+        assert!(
+            matches!(
+                refused,
+                Err(ApiError::PayloadTooLarge {
+                    what: "component",
+                    limit: 1_048_576
+                })
+            ),
+            "{refused:?}"
+        );
+        // Within the limit, the reader does wait for the body.
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(50),
+            read(Body::new(Silent(10)), 1 << 20, "component"),
+        )
+        .await;
+        assert!(waiting.is_err(), "{waiting:?}");
     }
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
 use crate::registry::RegistryError;
+use crate::runtime::RuntimeError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
 use crate::types::{InvalidValue, TenantId};
@@ -75,6 +76,8 @@ problem_types! {
         "The route exists but not with this method.";
     VersionConflict = "version-conflict", 409, "Version conflict",
         "The aggregate is not at `x-expected-version`, or concurrent writers kept moving it on.";
+    CommandIdReused = "command-id-reused", 409, "Command id reused",
+        "The `x-command-id` was already used for a command on another aggregate (`first_aggregate_type`, `first_aggregate_id`). A command id names one command on one aggregate; use a new id.";
     NoEarlierVersion = "no-earlier-version", 409, "No earlier version",
         "A rollback was asked for an aggregate type that has no earlier component.";
     PayloadTooLarge = "payload-too-large", 413, "Payload too large",
@@ -84,7 +87,7 @@ problem_types! {
     LimitExceeded = "limit-exceeded", 422, "Limit exceeded",
         "The command breached a limit of its aggregate type (`limit`: fuel, memory, timeout, too-many-events, output-too-large). Deterministic for the same state and command: retrying does not help, raising the limit may.";
     ComponentRejected = "component-rejected", 422, "Component rejected",
-        "The uploaded bytes are not an acceptable component (`kind`: not-wasm, core-module, forbidden-import, world-mismatch, compile). Nothing was changed.";
+        "The uploaded bytes are not an acceptable component (`kind`: not-wasm, core-module, malformed, forbidden-import — `import` names it —, world-mismatch — `export` names it —, compile). All but `compile` are found by reading the component, before compiling it; a refused component's hash is remembered for a while, so the same bytes are refused again at once. Nothing was changed.";
     InvalidManifest = "invalid-manifest", 422, "Invalid manifest",
         "The manifest file could not be reloaded; the previous manifest stays active.";
     GuestFault = "guest-fault", 500, "Component failure",
@@ -105,6 +108,15 @@ impl ProblemType {
     /// The problem's `type` URI: a path on the gateway that describes it.
     pub fn uri(self) -> String {
         format!("/problems/{}", self.slug())
+    }
+
+    /// A 503 the host answers on purpose (shutting down, a drained tenant, not ready): logged
+    /// as information, not as an error of the host.
+    pub fn is_expected_refusal(self) -> bool {
+        matches!(
+            self,
+            ProblemType::ShuttingDown | ProblemType::TenantDraining | ProblemType::NotReady
+        )
     }
 
     /// Look a problem type up by slug.
@@ -245,6 +257,12 @@ impl ApiError {
                 } => Problem::new(P::VersionConflict, e.to_string())
                     .with("expected_version", expected.0)
                     .with("actual_version", actual.0),
+                ServiceError::CommandIdReused {
+                    command_id, first, ..
+                } => Problem::new(P::CommandIdReused, e.to_string())
+                    .with("command_id", command_id.to_string())
+                    .with("first_aggregate_type", first.aggregate_type.as_str())
+                    .with("first_aggregate_id", first.aggregate_id.to_string()),
                 ServiceError::Conflict { attempts, .. } => {
                     Problem::new(P::VersionConflict, e.to_string()).with("attempts", *attempts)
                 }
@@ -276,7 +294,18 @@ impl ApiError {
                     Problem::new(P::NoEarlierVersion, e.to_string())
                 }
                 RegistryError::Component { source, .. } if source.is_rejected_component() => {
-                    Problem::new(P::ComponentRejected, e.to_string()).with("kind", source.kind())
+                    let p = Problem::new(P::ComponentRejected, e.to_string())
+                        .with("kind", source.kind());
+                    match source {
+                        RuntimeError::ForbiddenImport { import, .. } => {
+                            p.with("import", import.as_str())
+                        }
+                        RuntimeError::WorldMismatch {
+                            export: Some(export),
+                            ..
+                        } => p.with("export", export.as_str()),
+                        _ => p,
+                    }
                 }
                 RegistryError::InvalidEntry { .. } => Problem::new(P::InvalidInput, e.to_string()),
                 _ => Problem::new(P::Internal, opaque),
@@ -433,6 +462,7 @@ mod tests {
         let (status, _, v) = body(ApiError::Registry(e)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(v["kind"], "forbidden-import");
+        assert_eq!(v["import"], "evil:net/exfil");
         assert!(v["detail"].as_str().unwrap().contains("evil:net/exfil"));
     }
 

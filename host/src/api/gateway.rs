@@ -133,7 +133,9 @@ fn outcome_label(e: &ServiceError) -> CommandOutcomeLabel {
     match e {
         ServiceError::Rejected(_) => L::Rejected,
         ServiceError::InvalidCommand(_) | ServiceError::InvalidInput(_) => L::Invalid,
-        ServiceError::Conflict { .. } | ServiceError::VersionMismatch { .. } => L::Conflict,
+        ServiceError::Conflict { .. }
+        | ServiceError::VersionMismatch { .. }
+        | ServiceError::CommandIdReused { .. } => L::Conflict,
         ServiceError::Guest(g) if g.is_limit_breach() => L::LimitBreach,
         ServiceError::Guest(_) => L::GuestFault,
         ServiceError::Store(crate::store::StoreError::Unavailable(_)) => L::Unavailable,
@@ -156,11 +158,31 @@ fn record_limit_breach(state: &AppState, target: &AggregateRef, e: &ServiceError
 }
 
 /// `POST /aggregates/{aggregate_type}/{aggregate_id}/commands/{command_type}`
+///
+/// A command refused before its body is read (a bad path, tenant or header) still has its body
+/// read to the end, after the answer: hyper closes a connection whose request body was dropped
+/// unread while the client was still sending it, and a keep-alive client then loses its next
+/// request on that connection ("connection closed without response").
 async fn submit(
     State(st): State<AppState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Body,
+) -> Result<Response, ApiError> {
+    let mut body = Some(body);
+    let answer = run_command(st.clone(), path, headers, &mut body).await;
+    if let Some(unread) = body {
+        tokio::spawn(super::body::discard(unread, st.0.config.max_command_bytes));
+    }
+    answer
+}
+
+/// [`submit`], taking the body out of `body` when it reads it.
+async fn run_command(
+    st: AppState,
+    path: Result<Path<(String, String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: &mut Option<Body>,
 ) -> Result<Response, ApiError> {
     let Path((ty, id, command_type)) = path.map_err(path_error)?;
     let tenant = st.0.tenants.resolve(&headers)?;
@@ -173,7 +195,7 @@ async fn submit(
             _ => CommandOutcomeLabel::Invalid,
         };
         st.0.metrics
-            .command(&target.aggregate_type, &tenant, label, started.elapsed());
+            .command(st.type_label(&target.aggregate_type), &tenant, label, started.elapsed());
         e
     };
     check_command_type(&command_type).map_err(|e| refused(e.into()))?;
@@ -197,6 +219,7 @@ async fn submit(
         .map_err(&refused)?;
     let metadata = metadata(&headers).map_err(&refused)?;
     let limit = st.0.config.max_command_bytes;
+    let body = body.take().expect("the body is read once");
     let body = super::body::read(body, limit, "command body")
         .await
         .map_err(&refused)?;
@@ -226,6 +249,9 @@ async fn submit(
             st.0.service
                 .submit_expecting(&target.tenant, submit, expected)
                 .await;
+        if r.is_ok() {
+            st.tenant_accepted(&target.tenant);
+        }
         let label = match &r {
             Ok(o) if o.duplicate => CommandOutcomeLabel::Duplicate,
             Ok(_) => CommandOutcomeLabel::Accepted,
@@ -239,7 +265,7 @@ async fn submit(
             }
         };
         st.0.metrics.command(
-            &target.aggregate_type,
+            st.type_label(&target.aggregate_type),
             &target.tenant,
             label,
             started.elapsed(),
@@ -276,6 +302,7 @@ async fn state(
             .state(&tenant, &target)
             .await
             .inspect_err(|e| record_limit_breach(&st, &target, e))?;
+    st.tenant_accepted(&tenant);
     Ok(AxumJson(json!({
         "aggregate_type": target.aggregate_type,
         "aggregate_id": target.aggregate_id,
@@ -317,6 +344,9 @@ async fn events(
     let events = st.0.service.events(&tenant, &target, after, limit).await?;
     if events.is_empty() && after == Version::INITIAL {
         return Err(ServiceError::UnknownAggregate(target).into());
+    }
+    if !events.is_empty() {
+        st.tenant_accepted(&tenant);
     }
     let next_after = (events.len() == limit)
         .then(|| events.last().map(|e| e.version))

@@ -62,6 +62,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     tenants: Tenants,
     shutdown: tokio::sync::watch::Sender<bool>,
+    listeners_closed: tokio::sync::watch::Sender<bool>,
     openapi: bytes::Bytes,
     started: Instant,
 }
@@ -74,9 +75,15 @@ impl AppState {
     /// If the embedded OpenAPI document is not valid YAML (a test guards this).
     pub fn new(host: &Host, metrics: Arc<Metrics>) -> Self {
         host.service.set_observer(metrics.clone());
+        if let Some(breaker) = &host.breaker {
+            breaker.set_observer(metrics.clone());
+        }
         let doc: serde_json::Value =
             serde_yaml::from_str(OPENAPI_YAML).expect("openapi.yaml is valid YAML");
         let config = host.config.clone();
+        for t in &config.tenants {
+            metrics.know_tenant(t);
+        }
         Self(Arc::new(Shared {
             tenants: Tenants::new(config.multi_tenant, config.tenants.clone()),
             config,
@@ -85,6 +92,7 @@ impl AppState {
             runtime: host.runtime.clone(),
             metrics,
             shutdown: tokio::sync::watch::channel(false).0,
+            listeners_closed: tokio::sync::watch::channel(false).0,
             openapi: serde_json::to_vec(&doc).expect("JSON").into(),
             started: Instant::now(),
         }))
@@ -100,6 +108,21 @@ impl AppState {
         &self.0.tenants
     }
 
+    /// `tenant` has accepted work here: list it in the tenants table and use it as a metric label.
+    fn tenant_accepted(&self, tenant: &crate::types::TenantId) {
+        self.0.metrics.know_tenant(tenant);
+        self.0.tenants.accepted(tenant);
+    }
+
+    /// The `aggregate_type` label of `ty`: itself when deployed, else a fixed marker.
+    fn type_label<'a>(&self, ty: &'a crate::types::AggregateType) -> &'a str {
+        if self.0.registry.resolve(ty).is_ok() {
+            ty.as_str()
+        } else {
+            crate::telemetry::UNKNOWN_TYPE_LABEL
+        }
+    }
+
     /// Stop accepting commands and end every event stream (the first step of a graceful
     /// shutdown).
     pub fn begin_shutdown(&self) {
@@ -112,6 +135,20 @@ impl AppState {
         let mut rx = self.0.shutdown.subscribe();
         async move {
             let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    }
+
+    /// Stop the HTTP listeners (graceful: requests in flight finish). Also begins the shutdown.
+    pub fn close_listeners(&self) {
+        self.begin_shutdown();
+        self.0.listeners_closed.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::close_listeners`] was called.
+    pub fn listeners_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.listeners_closed.subscribe();
+        async move {
+            let _ = rx.wait_for(|closed| *closed).await;
         }
     }
 }
@@ -204,12 +241,26 @@ pub fn admin(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The most bytes of a request body that no route took which are read (and dropped) after the
+/// answer; a longer body loses its connection.
+const UNROUTED_BODY_DRAIN: usize = 1 << 20;
+
+/// Read a refused request's body to the end after the answer, so that a keep-alive client still
+/// sending it keeps its connection (hyper closes one whose body was dropped unread).
+fn drain_after_answer(request: Request) {
+    tokio::spawn(body::discard(request.into_body(), UNROUTED_BODY_DRAIN));
+}
+
 async fn no_route(request: Request) -> ApiError {
-    ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path()))
+    let e = ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path()));
+    drain_after_answer(request);
+    e
 }
 
 async fn wrong_method(request: Request) -> ApiError {
-    ApiError::MethodNotAllowed(request.method().to_string())
+    let e = ApiError::MethodNotAllowed(request.method().to_string());
+    drain_after_answer(request);
+    e
 }
 
 async fn openapi(State(state): State<AppState>) -> Response {
@@ -255,15 +306,32 @@ async fn log_requests<const GATEWAY: bool>(
         trace_id = trace_id.as_deref().unwrap_or(""),
     );
     let started = Instant::now();
-    let response = next.run(request).instrument(span.clone()).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if state.0.tenants.is_shutting_down() {
+        // Ask the client to close its keep-alive connection: the listener goes away soon.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = response.status();
     let ms = started.elapsed().as_secs_f64() * 1e3;
     let problem = response
         .extensions()
         .get::<error::ProblemMarker>()
         .map(|p| p.0.slug());
+    let expected_refusal = response
+        .extensions()
+        .get::<error::ProblemMarker>()
+        .is_some_and(|p| p.0.is_expected_refusal());
     if let Some(detail) = response.extensions().get::<error::HiddenDetail>() {
-        tracing::error!(parent: &span, status = status.as_u16(), ms, problem, error = %detail.0, "request failed");
+        if expected_refusal {
+            // Shutting down, draining, not ready: the host is doing what it was asked to.
+            tracing::info!(parent: &span, status = status.as_u16(), ms, problem, reason = %detail.0, "request refused");
+        } else if problem == Some(ProblemType::Unavailable.slug()) {
+            tracing::warn!(parent: &span, status = status.as_u16(), ms, problem, error = %detail.0, "request failed: dependency unavailable");
+        } else {
+            tracing::error!(parent: &span, status = status.as_u16(), ms, problem, error = %detail.0, "request failed");
+        }
     } else if status.is_client_error() {
         tracing::debug!(parent: &span, status = status.as_u16(), ms, problem, "request refused");
     } else {
@@ -273,10 +341,12 @@ async fn log_requests<const GATEWAY: bool>(
         state
             .0
             .metrics
-            .tenant_error(state.0.tenants.metric_label(tenant.as_deref()), problem);
+            .tenant_error(state.0.metrics.raw_tenant_label(tenant.as_deref()), problem);
     }
     response
 }
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;

@@ -30,6 +30,7 @@ pub struct Bound {
 /// flush fails.
 pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Result<()> {
     let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let linger = Duration::from_millis(config.shutdown_linger_ms);
     let (gateway_addr, admin_addr) = (config.gateway_listen, config.admin_listen);
     let host = Host::open(config).await?;
     let state = AppState::new(&host, Metrics::new());
@@ -61,12 +62,17 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
                 "shutting down: refusing new commands, finishing those in flight"
             );
             state.begin_shutdown();
+            // Keep the listeners a moment: requests already on their way (often on keep-alive
+            // connections) get `503 shutting-down` with `Connection: close` instead of a closed
+            // connection, so clients know to retry elsewhere.
+            tokio::time::sleep(linger).await;
+            state.close_listeners();
         });
     }
     let gateway_server = axum::serve(gateway_listener, gateway(state.clone()))
-        .with_graceful_shutdown(state.shutdown_signal());
+        .with_graceful_shutdown(state.listeners_closed());
     let admin_server = axum::serve(admin_listener, admin(state.clone()))
-        .with_graceful_shutdown(state.shutdown_signal());
+        .with_graceful_shutdown(state.listeners_closed());
     let servers =
         async { tokio::try_join!(gateway_server.into_future(), admin_server.into_future()) };
     let deadline = {

@@ -1,5 +1,10 @@
 //! Which tenant a request acts for, and the per-tenant gate that drain and graceful shutdown use:
 //! a count of commands in flight, a "draining" flag, and the time of the last request.
+//!
+//! The table grows only from accepted work: a tenant stays in it once it has an accepted command
+//! (or readable data) on this host, is configured, or was drained by the admin API. A gate made
+//! for a command of an unknown tenant is removed again when its last command ends without being
+//! accepted, so made-up tenant ids cannot grow it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -21,6 +26,8 @@ pub const TENANT_HEADER: &str = "x-tenant-id";
 struct Gate {
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    /// The tenant has accepted work here (or is configured): the gate is kept.
+    known: AtomicBool,
     /// Milliseconds since the epoch of the last request; 0 = none.
     last_activity: AtomicI64,
     idle: Notify,
@@ -43,19 +50,32 @@ pub struct TenantStatus {
 pub struct Tenants {
     multi_tenant: bool,
     hosted: Vec<TenantId>,
-    gates: Mutex<HashMap<TenantId, Arc<Gate>>>,
+    gates: Arc<Mutex<HashMap<TenantId, Arc<Gate>>>>,
     shutting_down: AtomicBool,
 }
 
 /// A command in flight; dropping it lets drains and shutdown proceed.
 pub struct InFlight {
     gate: Arc<Gate>,
+    tenant: TenantId,
+    gates: Arc<Mutex<HashMap<TenantId, Arc<Gate>>>>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.gate.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.gate.idle.notify_waiters();
+            if !self.gate.known.load(Ordering::SeqCst) {
+                // Admission counts under this lock, so a count still at 0 here means no command
+                // of the tenant is running or being admitted.
+                let mut gates = self.gates.lock();
+                let idle = self.gate.in_flight.load(Ordering::SeqCst) == 0
+                    && !self.gate.known.load(Ordering::SeqCst)
+                    && !self.gate.draining.load(Ordering::SeqCst);
+                if idle && gates.get(&self.tenant).is_some_and(|g| Arc::ptr_eq(g, &self.gate)) {
+                    gates.remove(&self.tenant);
+                }
+            }
         }
     }
 }
@@ -66,17 +86,29 @@ impl Tenants {
         Self {
             multi_tenant,
             hosted,
-            gates: Mutex::default(),
+            gates: Arc::default(),
             shutting_down: AtomicBool::new(false),
         }
     }
 
-    fn gate(&self, tenant: &TenantId) -> Arc<Gate> {
-        self.gates.lock().entry(tenant.clone()).or_default().clone()
+    /// The tenant's gate, made and kept (admin actions and accepted work).
+    fn kept_gate(&self, tenant: &TenantId) -> Arc<Gate> {
+        let gate = self.gates.lock().entry(tenant.clone()).or_default().clone();
+        gate.known.store(true, Ordering::SeqCst);
+        gate
+    }
+
+    /// Record that `tenant` has accepted work here (an accepted command, or data it read): it is
+    /// listed by [`Tenants::statuses`] from now on.
+    pub fn accepted(&self, tenant: &TenantId) {
+        let gate = self.kept_gate(tenant);
+        gate.last_activity
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
 
     /// The tenant of a request: `x-tenant-id`, validated; absent means the single tenant unless
-    /// the host is multi-tenant. Records the request as the tenant's latest activity.
+    /// the host is multi-tenant. Records the request as the latest activity of a tenant already
+    /// in the table (and adds none).
     ///
     /// # Errors
     ///
@@ -100,23 +132,16 @@ impl Tenants {
         if !tenant.is_single() && !self.hosted.is_empty() && !self.hosted.contains(&tenant) {
             return Err(ApiError::TenantNotHosted(tenant));
         }
-        self.gate(&tenant)
-            .last_activity
-            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        if let Some(gate) = self.gates.lock().get(&tenant) {
+            gate.last_activity
+                .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        }
         Ok(tenant)
     }
 
-    /// The `tenant_id` label for a raw `x-tenant-id` value: the tenant itself when it is valid and
-    /// hosted, else a fixed marker, so junk headers cannot create unbounded label values.
-    pub fn metric_label<'a>(&self, raw: Option<&'a str>) -> &'a str {
-        match raw {
-            None | Some("") => "=single",
-            Some(t) => match TenantId::new(t) {
-                Err(_) => "=invalid",
-                Ok(id) if !self.hosted.is_empty() && !self.hosted.contains(&id) => "=not-hosted",
-                Ok(_) => t,
-            },
-        }
+    /// The configured tenants (empty: every tenant is served).
+    pub fn hosted(&self) -> &[TenantId] {
+        &self.hosted
     }
 
     /// Let a command of `tenant` in, unless the tenant is drained or the host is shutting down.
@@ -125,11 +150,21 @@ impl Tenants {
     ///
     /// [`ApiError::TenantDraining`] or [`ApiError::ShuttingDown`].
     pub fn admit(&self, tenant: &TenantId) -> Result<InFlight, ApiError> {
-        let gate = self.gate(tenant);
         // Count first, check second; `drain` sets the flag first and waits for the count second.
         // With sequentially consistent order a command either sees the flag or is waited for.
-        gate.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight { gate };
+        // The count is taken under the table's lock so an idle unknown gate is never removed
+        // while a command is being admitted through it.
+        let gate = {
+            let mut gates = self.gates.lock();
+            let gate = gates.entry(tenant.clone()).or_default().clone();
+            gate.in_flight.fetch_add(1, Ordering::SeqCst);
+            gate
+        };
+        let guard = InFlight {
+            gate,
+            tenant: tenant.clone(),
+            gates: self.gates.clone(),
+        };
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::ShuttingDown);
         }
@@ -142,14 +177,14 @@ impl Tenants {
     /// Refuse `tenant`'s new commands and wait (at most `timeout`) for those in flight. Returns
     /// how many are still running (0 when drained).
     pub async fn drain(&self, tenant: &TenantId, timeout: Duration) -> usize {
-        let gate = self.gate(tenant);
+        let gate = self.kept_gate(tenant);
         gate.draining.store(true, Ordering::SeqCst);
         wait_idle(&gate, timeout).await
     }
 
     /// Accept `tenant`'s commands again. Returns whether it was drained.
     pub fn resume(&self, tenant: &TenantId) -> bool {
-        self.gate(tenant).draining.swap(false, Ordering::SeqCst)
+        self.kept_gate(tenant).draining.swap(false, Ordering::SeqCst)
     }
 
     /// Refuse every new command from now on (graceful shutdown).
@@ -178,7 +213,8 @@ impl Tenants {
         left
     }
 
-    /// The configured tenants and every tenant seen since start, in order.
+    /// The configured tenants and every tenant with accepted work (or a drain) since start, in
+    /// order; a tenant whose first commands are running now is listed while they run.
     pub fn statuses(&self) -> Vec<TenantStatus> {
         let gates = self.gates.lock();
         let mut out: BTreeMap<TenantId, TenantStatus> = self
@@ -275,7 +311,30 @@ mod tests {
         );
         let s = multi.statuses();
         assert_eq!(s.len(), 1);
-        assert!(s[0].last_activity.is_some());
+        assert!(s[0].last_activity.is_none(), "no accepted work yet");
+        multi.accepted(&TenantId::new("acme").unwrap());
+        assert!(multi.statuses()[0].last_activity.is_some());
+    }
+
+    #[test]
+    fn made_up_tenants_leave_no_entry_unless_their_work_is_accepted() {
+        let tenants = Tenants::new(true, vec![]);
+        for i in 0..30 {
+            let t = tenants
+                .resolve(&headers(Some(&format!("made-up-{i}"))))
+                .unwrap();
+            let running = tenants.admit(&t).unwrap();
+            assert_eq!(tenants.statuses().len(), 1, "listed while running");
+            drop(running);
+        }
+        assert!(tenants.statuses().is_empty(), "{:?}", tenants.statuses());
+        assert!(tenants.gates.lock().is_empty());
+        let t = TenantId::new("acme").unwrap();
+        let running = tenants.admit(&t).unwrap();
+        tenants.accepted(&t);
+        drop(running);
+        let s = tenants.statuses();
+        assert_eq!((s.len(), s[0].tenant.as_str()), (1, "acme"));
     }
 
     #[tokio::test]

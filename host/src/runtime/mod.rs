@@ -9,6 +9,7 @@ mod host_state;
 mod limits;
 mod policy;
 mod pool;
+mod refusals;
 mod stderr;
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
@@ -28,10 +29,15 @@ use self::artifacts::{ArtifactStore, Lookup};
 use self::bindings::{AggregatePre, WitCommand, WitDecideError, WitEvent};
 use self::host_state::HostState;
 use self::pool::{Instance, Pool};
+use self::refusals::Refusals;
 use crate::types::{Command, ComponentHash, EventData, Json, NewEvent};
 
 /// Longest guest message (rejection reason, apply error, stderr excerpt) kept in an error.
 const MAX_MESSAGE: usize = 4096;
+
+/// [`RuntimeConfig::max_concurrent_compiles`] unless configured: one compile at a time (it
+/// parallelises internally).
+pub const DEFAULT_MAX_CONCURRENT_COMPILES: usize = 1;
 
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
@@ -46,6 +52,15 @@ pub struct RuntimeConfig {
     pub pooling: bool,
     /// Resolution of the wall-clock timeout.
     pub epoch_tick: Duration,
+    /// Compiles that may run at once; further loads wait for a slot. Each compile already uses
+    /// every core (parallel code generation) and hundreds of MiB for a large component, so more
+    /// at once only takes CPU and memory from command processing. At least 1.
+    pub max_concurrent_compiles: usize,
+    /// Refused components remembered by hash, so the same bytes are refused again without being
+    /// read or compiled (oldest forgotten first beyond this many).
+    pub remembered_refusals: usize,
+    /// How long a refusal is remembered.
+    pub refusal_ttl: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -56,6 +71,9 @@ impl Default for RuntimeConfig {
             max_warm_instances: 256,
             pooling: true,
             epoch_tick: Duration::from_millis(5),
+            max_concurrent_compiles: DEFAULT_MAX_CONCURRENT_COMPILES,
+            remembered_refusals: 1024,
+            refusal_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -72,6 +90,15 @@ pub enum RuntimeError {
         "a core WebAssembly module, not a component: build for wasm32-wasip2 or componentize it"
     )]
     CoreModule,
+    /// The bytes start like a component but are not a well-formed one (truncated, a bad section,
+    /// types that do not check); found by reading them, before compiling.
+    #[error("component {hash} is not a valid component: {reason}")]
+    Malformed {
+        /// The component.
+        hash: ComponentHash,
+        /// The parser's explanation, with the byte offset.
+        reason: String,
+    },
     /// The component imports something the host does not link.
     #[error("component {hash} imports `{import}`, which is not allowed: {reason}")]
     ForbiddenImport {
@@ -87,7 +114,10 @@ pub enum RuntimeError {
     WorldMismatch {
         /// The component.
         hash: ComponentHash,
-        /// wasmtime's explanation.
+        /// The export that is missing or has the wrong type (`init`, `decide`, `apply`), when
+        /// one is to blame.
+        export: Option<String>,
+        /// What is wrong.
         reason: String,
     },
     /// Validation or code generation failed.
@@ -179,6 +209,7 @@ impl RuntimeError {
         match self {
             Self::NotWasm => "not-wasm",
             Self::CoreModule => "core-module",
+            Self::Malformed { .. } => "malformed",
             Self::ForbiddenImport { .. } => "forbidden-import",
             Self::WorldMismatch { .. } => "world-mismatch",
             Self::Compile { .. } => "compile",
@@ -203,10 +234,47 @@ impl RuntimeError {
             self,
             Self::NotWasm
                 | Self::CoreModule
+                | Self::Malformed { .. }
                 | Self::ForbiddenImport { .. }
                 | Self::WorldMismatch { .. }
                 | Self::Compile { .. }
         )
+    }
+
+    /// A copy of a refusal of the component's bytes (the kinds [`Self::is_rejected_component`]
+    /// accepts), to answer the same bytes with again; `None` for every other error.
+    fn rejection_copy(&self) -> Option<Self> {
+        Some(match self {
+            Self::NotWasm => Self::NotWasm,
+            Self::CoreModule => Self::CoreModule,
+            Self::Malformed { hash, reason } => Self::Malformed {
+                hash: *hash,
+                reason: reason.clone(),
+            },
+            Self::ForbiddenImport {
+                hash,
+                import,
+                reason,
+            } => Self::ForbiddenImport {
+                hash: *hash,
+                import: import.clone(),
+                reason: reason.clone(),
+            },
+            Self::WorldMismatch {
+                hash,
+                export,
+                reason,
+            } => Self::WorldMismatch {
+                hash: *hash,
+                export: export.clone(),
+                reason: reason.clone(),
+            },
+            Self::Compile { hash, reason } => Self::Compile {
+                hash: *hash,
+                reason: reason.clone(),
+            },
+            _ => return None,
+        })
     }
 
     /// Whether a per-call limit was breached (fuel, memory, time, events, output size).
@@ -224,6 +292,22 @@ impl RuntimeError {
 
 /// Result alias for this module.
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// The checks [`Runtime::load`] makes before compiling, on their own: `bytes` are wasm, a
+/// well-formed component, importing only the WASI 0.2 interfaces the host links, exporting world
+/// `aggregate` with the contract's types. Reads the bytes once; compiles nothing (milliseconds
+/// for a 12 MB component). Returns the component's hash.
+///
+/// # Errors
+///
+/// [`RuntimeError::NotWasm`], [`RuntimeError::CoreModule`], [`RuntimeError::Malformed`],
+/// [`RuntimeError::ForbiddenImport`] naming the import, [`RuntimeError::WorldMismatch`] naming
+/// the export.
+pub fn check_component(bytes: &[u8]) -> Result<ComponentHash> {
+    let hash = ComponentHash::of(bytes);
+    policy::check(bytes, hash)?;
+    Ok(hash)
+}
 
 /// What `decide` answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +335,14 @@ pub struct RuntimeStats {
     pub pool_hits: u64,
     /// Instances discarded because a call failed, was refused, or breached a limit.
     pub discards: u64,
+    /// Compiles that failed (the component passed the checks made before compiling).
+    pub compile_failures: u64,
+    /// Loads refused at once because the same bytes were refused before (nothing read or
+    /// compiled).
+    pub refusals_remembered: u64,
+    /// The most compiles that ran at the same time (never above
+    /// [`RuntimeConfig::max_concurrent_compiles`]).
+    pub peak_concurrent_compiles: u64,
 }
 
 #[derive(Default)]
@@ -261,6 +353,45 @@ struct Counters {
     instantiations: AtomicU64,
     pool_hits: AtomicU64,
     discards: AtomicU64,
+    compile_failures: AtomicU64,
+    refusals_remembered: AtomicU64,
+    peak_concurrent_compiles: AtomicU64,
+}
+
+/// Counting semaphore for compiles (they run on blocking threads, so a blocking wait is right).
+struct CompileSlots {
+    running: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
+
+impl CompileSlots {
+    fn new(max: usize) -> Self {
+        Self {
+            running: Mutex::new(0),
+            freed: Condvar::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Wait for a free slot; returns it and how many compiles run now (including this one).
+    fn acquire(&self) -> (CompileSlot<'_>, usize) {
+        let mut running = self.running.lock();
+        while *running >= self.max {
+            self.freed.wait(&mut running);
+        }
+        *running += 1;
+        (CompileSlot(self), *running)
+    }
+}
+
+struct CompileSlot<'a>(&'a CompileSlots);
+
+impl Drop for CompileSlot<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock() -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 struct Loaded {
@@ -287,6 +418,8 @@ pub struct Runtime {
     components: RwLock<HashMap<ComponentHash, Arc<Loaded>>>,
     pool: Mutex<Pool>,
     counters: Counters,
+    compile_slots: CompileSlots,
+    refusals: Mutex<Refusals>,
     next_instance: AtomicU64,
     stop_ticker: Arc<AtomicBool>,
 }
@@ -349,6 +482,11 @@ impl Runtime {
             engine,
             linker,
             pool: Mutex::new(Pool::new(config.max_warm_instances)),
+            compile_slots: CompileSlots::new(config.max_concurrent_compiles),
+            refusals: Mutex::new(Refusals::new(
+                config.remembered_refusals,
+                config.refusal_ttl,
+            )),
             config,
             artifacts,
             components: RwLock::default(),
@@ -373,6 +511,9 @@ impl Runtime {
             instantiations: c.instantiations.load(Ordering::Relaxed),
             pool_hits: c.pool_hits.load(Ordering::Relaxed),
             discards: c.discards.load(Ordering::Relaxed),
+            compile_failures: c.compile_failures.load(Ordering::Relaxed),
+            refusals_remembered: c.refusals_remembered.load(Ordering::Relaxed),
+            peak_concurrent_compiles: c.peak_concurrent_compiles.load(Ordering::Relaxed),
         }
     }
 
@@ -391,21 +532,52 @@ impl Runtime {
         self.artifacts.as_ref().map(|a| a.path(hash))
     }
 
-    /// Validate and load a component: is it wasm, a component, importing only WASI 0.2, exporting
-    /// world `aggregate`. Uses the precompiled artifact when a valid one exists, else compiles and
-    /// writes one.
+    /// Validate and load a component. First, without compiling anything: is it wasm, a
+    /// well-formed component, importing only WASI 0.2, exporting world `aggregate` with the
+    /// contract's types (see `policy.rs`). Then the precompiled artifact when a valid one exists,
+    /// else a compile (at most [`RuntimeConfig::max_concurrent_compiles`] at once) that writes
+    /// one.
+    ///
+    /// A refusal is remembered by hash for [`RuntimeConfig::refusal_ttl`]: loading the same bytes
+    /// again answers the same error at once.
     ///
     /// # Errors
     ///
-    /// [`RuntimeError::NotWasm`], [`RuntimeError::CoreModule`], [`RuntimeError::Compile`],
-    /// [`RuntimeError::ForbiddenImport`], [`RuntimeError::WorldMismatch`]. Failing to write the
-    /// artifact is logged, not an error.
+    /// [`RuntimeError::NotWasm`], [`RuntimeError::CoreModule`], [`RuntimeError::Malformed`],
+    /// [`RuntimeError::ForbiddenImport`], [`RuntimeError::WorldMismatch`],
+    /// [`RuntimeError::Compile`]. Failing to write the artifact is logged, not an error.
     pub fn load(&self, bytes: &[u8]) -> Result<(ComponentHash, LoadSource)> {
         let hash = ComponentHash::of(bytes);
         if self.is_loaded(&hash) {
             return Ok((hash, LoadSource::Memory));
         }
-        check_header(bytes)?;
+        let remembered = self.refusals.lock().get(&hash, Instant::now());
+        if let Some(e) = remembered {
+            self.counters
+                .refusals_remembered
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(component = %hash, kind = e.kind(), "refused again (remembered)");
+            return Err(e);
+        }
+        let loaded = self.load_new(hash, bytes);
+        if let Err(e) = &loaded {
+            if let Some(copy) = e.rejection_copy() {
+                self.refusals.lock().insert(hash, copy, Instant::now());
+            }
+        }
+        loaded
+    }
+
+    fn load_new(&self, hash: ComponentHash, bytes: &[u8]) -> Result<(ComponentHash, LoadSource)> {
+        let started = Instant::now();
+        policy::check(bytes, hash).inspect_err(|e| {
+            tracing::info!(
+                component = %hash,
+                kind = e.kind(),
+                ms = started.elapsed().as_millis() as u64,
+                "refused before compiling"
+            );
+        })?;
         let (component, source) = match self.artifacts.as_ref().map(|a| a.get(&self.engine, &hash))
         {
             Some(Lookup::Loaded(c)) => {
@@ -422,20 +594,15 @@ impl Runtime {
                 (self.compile(&hash, bytes)?, LoadSource::Compiled)
             }
         };
-        if let Some((import, reason)) = policy::forbidden_import(&self.engine, &component) {
-            return Err(RuntimeError::ForbiddenImport {
-                hash,
-                import,
-                reason,
-            });
-        }
+        // The checks above make this a formality; wasmtime's own type check stays the last word.
         let pre = self
             .linker
             .instantiate_pre(&component)
             .and_then(AggregatePre::new)
             .map_err(|e| RuntimeError::WorldMismatch {
                 hash,
-                reason: format!("{e:#}"),
+                export: None,
+                reason: truncate(format!("{e:#}")),
             })?;
         if source == LoadSource::Compiled {
             if let Some(a) = &self.artifacts {
@@ -451,13 +618,28 @@ impl Runtime {
     }
 
     fn compile(&self, hash: &ComponentHash, bytes: &[u8]) -> Result<Component> {
+        let queued = Instant::now();
+        let (_slot, running) = self.compile_slots.acquire();
+        self.counters
+            .peak_concurrent_compiles
+            .fetch_max(running as u64, Ordering::Relaxed);
         let started = Instant::now();
-        let c = Component::from_binary(&self.engine, bytes).map_err(|e| RuntimeError::Compile {
-            hash: *hash,
-            reason: format!("{e:#}"),
+        let c = Component::from_binary(&self.engine, bytes).map_err(|e| {
+            self.counters
+                .compile_failures
+                .fetch_add(1, Ordering::Relaxed);
+            RuntimeError::Compile {
+                hash: *hash,
+                reason: truncate(format!("{e:#}")),
+            }
         })?;
         self.counters.compiles.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(component = %hash, ms = started.elapsed().as_millis() as u64, "compiled component");
+        tracing::info!(
+            component = %hash,
+            ms = started.elapsed().as_millis() as u64,
+            waited_ms = started.duration_since(queued).as_millis() as u64,
+            "compiled component"
+        );
         Ok(c)
     }
 
@@ -584,17 +766,6 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.stop_ticker.store(true, Ordering::Relaxed);
     }
-}
-
-fn check_header(bytes: &[u8]) -> Result<()> {
-    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-        return Err(RuntimeError::NotWasm);
-    }
-    // Core modules have version 1 and layer 0; components have layer 1.
-    if bytes[4..8] == [1, 0, 0, 0] {
-        return Err(RuntimeError::CoreModule);
-    }
-    Ok(())
 }
 
 fn arm(store: &mut Store<HostState>, limits: &Limits, epoch_tick: Duration) {

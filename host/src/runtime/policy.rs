@@ -1,20 +1,191 @@
-//! Which imports a component may have: WASI 0.2 interfaces only, all linked deny-by-default.
+//! What a component may import and must export, checked by *reading* the component — before
+//! anything is compiled.
+//!
+//! Compiling is the expensive step (seconds of CPU and hundreds of MiB for a 12 MB JavaScript
+//! component), so everything that can be decided from the component's structure is decided first:
+//! is it wasm, is it a component, is it well-formed (every section but the function bodies, which
+//! the compiler validates), does it import only WASI 0.2 interfaces the host links, and does it
+//! export world `aggregate` with exactly the contract's function types. The world is read from
+//! `wit/aggregate.wit` — the same file the host's bindings are generated from — so the contract
+//! has one source of truth, and so does the import policy ([`LINKED_WASI_PACKAGES`]).
 
-use wasmtime::component::Component;
-use wasmtime::Engine;
+use std::sync::OnceLock;
+
+use wasmparser::component_types::{ComponentAnyTypeId, ComponentEntityType, SubtypeCx};
+use wasmparser::{
+    ComponentTypeRef, Parser, Payload, TypeBounds, ValidPayload, Validator, WasmFeatures,
+};
+
+use super::RuntimeError;
+use crate::types::ComponentHash;
 
 /// WASI 0.2 packages the host links. Each is granted nothing (no dirs, env, network, stdin), but a
 /// guest toolchain's standard library imports them, so they must be present.
-const LINKED_WASI_PACKAGES: &[&str] = &["cli", "clocks", "filesystem", "io", "random", "sockets"];
+pub(crate) const LINKED_WASI_PACKAGES: &[&str] =
+    &["cli", "clocks", "filesystem", "io", "random", "sockets"];
 
-/// The first import the host refuses, with the reason; `None` when every import is allowed.
-pub(crate) fn forbidden_import(engine: &Engine, component: &Component) -> Option<(String, String)> {
-    component
-        .component_type()
-        .imports(engine)
-        .find_map(|(name, _)| refusal(name).map(|why| (name.to_string(), why)))
+/// The contract (also what `bindings.rs` generates the host's side from).
+const WIT: &str = include_str!("../../../wit/aggregate.wit");
+
+/// Read `bytes` and refuse them unless they are a component the host can link and call.
+///
+/// Costs one pass over the bytes without validating function bodies (milliseconds for a 12 MB
+/// component, no compiled code). Passing does not promise that compiling succeeds: function
+/// bodies are validated by the compiler.
+///
+/// # Errors
+///
+/// [`RuntimeError::NotWasm`], [`RuntimeError::CoreModule`], [`RuntimeError::Malformed`],
+/// [`RuntimeError::ForbiddenImport`] naming the first refused import, or
+/// [`RuntimeError::WorldMismatch`] naming the export that is missing or has the wrong type.
+pub(crate) fn check(bytes: &[u8], hash: ComponentHash) -> Result<(), RuntimeError> {
+    check_header(bytes)?;
+    let malformed = |e: wasmparser::Error| RuntimeError::Malformed {
+        hash,
+        reason: super::truncate(e.to_string()),
+    };
+    let features = WasmFeatures::all();
+    // Both components are validated by the same validator so their types can be compared.
+    let mut validator = Validator::new_with_features(features);
+    let world = validator
+        .validate_all(world_component())
+        .expect("the encoded contract is a valid component");
+    validator.reset();
+
+    let mut parser = Parser::new(0);
+    parser.set_features(features);
+    let mut depth = 0usize;
+    let mut imports = Vec::new();
+    let mut exports = Vec::new();
+    let mut types = None;
+    for payload in parser.parse_all(bytes) {
+        let payload = payload.map_err(malformed)?;
+        if depth == 0 {
+            match &payload {
+                Payload::ComponentImportSection(s) => {
+                    for i in s.clone() {
+                        let i = i.map_err(malformed)?;
+                        imports.push((i.name.full_name().into_owned(), i.ty));
+                    }
+                }
+                Payload::ComponentExportSection(s) => {
+                    for e in s.clone() {
+                        exports.push(e.map_err(malformed)?.name.name.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+        match validator.payload(&payload).map_err(malformed)? {
+            ValidPayload::Parser(_) => depth += 1,
+            ValidPayload::End(t) if depth == 0 => types = Some(t),
+            ValidPayload::End(_) => depth -= 1,
+            // Function bodies are left to the compiler: validating them is most of its work.
+            ValidPayload::Func(..) | ValidPayload::Ok => {}
+        }
+    }
+    let types = types.ok_or_else(|| RuntimeError::Malformed {
+        hash,
+        reason: "the component ends early".into(),
+    })?;
+
+    if let Some((import, reason)) = imports
+        .iter()
+        .find_map(|(name, ty)| import_refusal(name, ty).map(|why| (name.clone(), why)))
+    {
+        return Err(RuntimeError::ForbiddenImport {
+            hash,
+            import,
+            reason,
+        });
+    }
+
+    let (ours, theirs) = (types.as_ref(), world.as_ref());
+    let world_type = match theirs.component_item_for_export("aggregate").map(|i| i.ty) {
+        Some(ComponentEntityType::Type {
+            referenced: ComponentAnyTypeId::Component(wrapper),
+            ..
+        }) => match theirs[wrapper].exports.values().next().map(|i| i.ty) {
+            Some(ComponentEntityType::Component(w)) => w,
+            _ => unreachable!("a WIT package's world is a component type"),
+        },
+        _ => unreachable!("the WIT package exports world `aggregate`"),
+    };
+    for (name, expected) in &theirs[world_type].exports {
+        let mismatch = |reason: String| RuntimeError::WorldMismatch {
+            hash,
+            export: Some(name.clone()),
+            reason,
+        };
+        let Some(found) = ours.component_item_for_export(name) else {
+            return Err(mismatch(format!(
+                "it does not export `{name}` (it exports: {}); world `aggregate` exports {}",
+                if exports.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    quoted(&exports)
+                },
+                quoted(theirs[world_type].exports.keys()),
+            )));
+        };
+        SubtypeCx::new_with_refs(ours, theirs)
+            .component_entity_type(&found.ty, &expected.ty, 0)
+            .map_err(|e| {
+                mismatch(format!(
+                    "export `{name}` does not have the contract's type: {}",
+                    super::truncate(e.message().to_string())
+                ))
+            })?;
+    }
+    Ok(())
 }
 
+fn quoted<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> String {
+    names
+        .into_iter()
+        .map(|n| format!("`{}`", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// World `aggregate` encoded as a component type (the binary form of the WIT package).
+fn world_component() -> &'static [u8] {
+    static ENCODED: OnceLock<Vec<u8>> = OnceLock::new();
+    ENCODED.get_or_init(|| {
+        let mut resolve = wit_parser::Resolve::default();
+        let package = resolve
+            .push_str("aggregate.wit", WIT)
+            .expect("wit/aggregate.wit parses");
+        wit_component::encode(&resolve, package, false).expect("wit/aggregate.wit encodes")
+    })
+}
+
+/// `\0asm` and the component layer.
+fn check_header(bytes: &[u8]) -> Result<(), RuntimeError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(RuntimeError::NotWasm);
+    }
+    // Core modules have version 1 and layer 0; components have layer 1.
+    if bytes[4..8] == [1, 0, 0, 0] {
+        return Err(RuntimeError::CoreModule);
+    }
+    Ok(())
+}
+
+/// Why the host refuses this import; `None` when it is allowed.
+fn import_refusal(name: &str, ty: &ComponentTypeRef) -> Option<String> {
+    match ty {
+        // A concrete type the component names (the world's `command`, `event`, ...): no
+        // capability, nothing to link.
+        ComponentTypeRef::Type(TypeBounds::Eq(_)) => None,
+        ComponentTypeRef::Type(_) => {
+            Some("it is an abstract resource type; the host provides none outside WASI 0.2".into())
+        }
+        _ => refusal(name),
+    }
+}
+
+/// Why the host refuses an import of this name; `None` when it links it.
 fn refusal(name: &str) -> Option<String> {
     let Some((ns, rest)) = name.split_once(':') else {
         return Some("it is not a WASI interface; aggregates may import WASI 0.2 only".into());
@@ -50,7 +221,11 @@ fn refusal(name: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::refusal;
+    use super::*;
+
+    fn hash() -> ComponentHash {
+        ComponentHash::of(b"test")
+    }
 
     #[test]
     fn wasi_02_core_interfaces_are_allowed() {
@@ -75,5 +250,79 @@ mod tests {
             .unwrap()
             .contains("0.3.0"));
         assert!(refusal("plain-name").is_some());
+    }
+
+    #[test]
+    fn the_contract_encodes_and_names_its_three_exports() {
+        let mut v = Validator::new_with_features(WasmFeatures::all());
+        let t = v.validate_all(world_component()).unwrap();
+        assert!(t.as_ref().component_item_for_export("aggregate").is_some());
+    }
+
+    #[test]
+    fn an_empty_component_lacks_every_export() {
+        let e = check(&wat::parse_str("(component)").unwrap(), hash()).unwrap_err();
+        match &e {
+            RuntimeError::WorldMismatch { export, reason, .. } => {
+                assert_eq!(export.as_deref(), Some("init"));
+                assert!(reason.contains("exports: nothing"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_import_outside_wasi_is_named_before_anything_compiles() {
+        let c =
+            wat::parse_str(r#"(component (import "wasi:http/outgoing-handler@0.2.3" (instance)))"#)
+                .unwrap();
+        match check(&c, hash()).unwrap_err() {
+            RuntimeError::ForbiddenImport { import, reason, .. } => {
+                assert_eq!(import, "wasi:http/outgoing-handler@0.2.3");
+                assert!(reason.contains("wasi:http is not provided"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn imported_concrete_types_are_allowed_abstract_resources_are_not() {
+        let types = wat::parse_str(
+            r#"(component (type $t (record (field "a" string))) (import "command" (type (eq $t))))"#,
+        )
+        .unwrap();
+        match check(&types, hash()).unwrap_err() {
+            RuntimeError::WorldMismatch { export, .. } => {
+                assert_eq!(export.as_deref(), Some("init"))
+            }
+            other => panic!("the type import passes, the exports do not: {other:?}"),
+        }
+        let resource =
+            wat::parse_str(r#"(component (import "handle" (type (sub resource))))"#).unwrap();
+        match check(&resource, hash()).unwrap_err() {
+            RuntimeError::ForbiddenImport { import, reason, .. } => {
+                assert_eq!(import, "handle");
+                assert!(reason.contains("resource"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn broken_bytes_are_malformed_not_compiled() {
+        let mut c =
+            wat::parse_str(r#"(component (import "wasi:io/error@0.2.0" (instance)))"#).unwrap();
+        c.truncate(c.len() - 3);
+        assert!(
+            matches!(check(&c, hash()), Err(RuntimeError::Malformed { .. })),
+            "{:?}",
+            check(&c, hash())
+        );
+        assert!(matches!(check(b"nope", hash()), Err(RuntimeError::NotWasm)));
+        let core = wat::parse_str("(module)").unwrap();
+        assert!(matches!(
+            check(&core, hash()),
+            Err(RuntimeError::CoreModule)
+        ));
     }
 }

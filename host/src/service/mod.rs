@@ -56,6 +56,17 @@ pub enum ServiceError {
         /// The aggregate's version.
         actual: Version,
     },
+    /// The command id was already used for a command on another aggregate (409). The same id on
+    /// the same aggregate returns the original result instead.
+    #[error("command id {command_id} was already used on aggregate {first}, not {requested}")]
+    CommandIdReused {
+        /// The command id.
+        command_id: CommandId,
+        /// The aggregate the id was first used on.
+        first: AggregateRef,
+        /// The aggregate this request named.
+        requested: AggregateRef,
+    },
     /// Every retry met a newer version (409).
     #[error("version conflict on {aggregate}: gave up after {attempts} attempts")]
     Conflict {
@@ -159,7 +170,9 @@ pub struct AggregateState {
     pub version: Version,
     /// Its state.
     pub state: Json,
-    /// The component that built the state.
+    /// The component that built the state: the active one when it folded any event into it,
+    /// else the one that built the snapshot or cached state it came from (snapshot policy
+    /// `trust` across a deploy).
     pub component: ComponentHash,
 }
 
@@ -182,6 +195,19 @@ pub trait ServiceObserver: Send + Sync + 'static {
     fn conflict(&self, aggregate: &AggregateRef) {
         let _ = aggregate;
     }
+    /// A state of `aggregate` built by another component (a snapshot or the hot cache) made the
+    /// active component fail, and the state was rebuilt from the events instead.
+    fn foreign_state_rebuilt(&self, aggregate: &AggregateRef) {
+        let _ = aggregate;
+    }
+}
+
+/// A loaded state, and whether its base came from another component than the active one.
+struct Loaded {
+    state: AggregateState,
+    /// The base (a snapshot or the hot cache) was built by another component: if the active
+    /// component fails on it, rebuild from the events.
+    foreign: bool,
 }
 
 const LOCK_STRIPES: usize = 1024;
@@ -249,13 +275,17 @@ impl CommandService {
     ///
     /// # Errors
     ///
-    /// [`ServiceError::Store`] when either fails.
+    /// [`ServiceError::Store`] when the event log fails to flush (a snapshot persist failure is only
+    /// logged: snapshots are accelerators).
     pub async fn flush(&self) -> Result<()> {
         self.log.flush().await?;
         let snapshots = self.snapshots.clone();
-        tokio::task::spawn_blocking(move || snapshots.persist())
-            .await
-            .map_err(|e| ServiceError::Internal(format!("snapshot persist task: {e}")))??;
+        // Snapshots only accelerate rehydration; failing to persist them loses no data.
+        match tokio::task::spawn_blocking(move || snapshots.persist()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "snapshots not persisted at shutdown"),
+            Err(e) => tracing::warn!(error = %e, "snapshot persist task failed"),
+        }
         Ok(())
     }
 
@@ -307,12 +337,22 @@ impl CommandService {
                 target: submit.target.tenant.clone(),
             });
         }
+        // Fail fast while the log is known to be down (a breaker open, a failed disk): no call
+        // to it would succeed, and each would wait for its own timeout.
+        let health = self.log.health();
+        if !health.ok {
+            return Err(ServiceError::Store(StoreError::Unavailable(
+                health
+                    .reason
+                    .unwrap_or_else(|| format!("event log {}", health.state)),
+            )));
+        }
         // Only a caller-supplied id can repeat; a generated one is new by construction, so the
         // lookup (a round trip on JetStream) is skipped. The append deduplicates regardless.
         let command_id = match submit.command_id {
             Some(id) => {
                 if let Some(done) = self.log.find_command(caller, &id).await? {
-                    return Ok(duplicate(id, done));
+                    return duplicate(id, &submit.target, done);
                 }
                 id
             }
@@ -330,9 +370,10 @@ impl CommandService {
         let _serial = self.lock_for(&command.target).lock().await;
         let mut backoff = self.config.retry_backoff;
         for attempt in 1..=self.config.max_attempts {
-            let current = self
+            let loaded = self
                 .load(&command.target, &active, Freshness::Cached)
                 .await?;
+            let mut current = loaded.state;
             if let Some(expected) = expected.filter(|e| *e != current.version) {
                 return Err(ServiceError::VersionMismatch {
                     aggregate: command.target.clone(),
@@ -340,7 +381,16 @@ impl CommandService {
                     actual: current.version,
                 });
             }
-            let (decision, next_state) = self.decide(&command, &active, &current).await?;
+            let (decision, next_state) = match self.decide(&command, &active, &current).await {
+                Err(ServiceError::Guest(e)) if loaded.foreign => {
+                    // The active component cannot read a state another component built: rebuild
+                    // it from the events with the active component, once, and decide again.
+                    self.foreign_failed(&command.target, &active, &e);
+                    current = self.rebuild(&command.target, &active).await?;
+                    self.decide(&command, &active, &current).await?
+                }
+                other => other?,
+            };
             let new_events = match decision {
                 Decision::Accepted(events) => events,
                 Decision::Rejected(m) => return Err(ServiceError::Rejected(m)),
@@ -371,7 +421,7 @@ impl CommandService {
             match self.log.append(commit).await {
                 Ok(appended) if appended.duplicate => {
                     self.cache.remove(&command.target);
-                    return Ok(duplicate(command_id, appended));
+                    return duplicate(command_id, &command.target, appended);
                 }
                 Ok(appended) => {
                     let version = appended.version;
@@ -437,7 +487,7 @@ impl CommandService {
             });
         }
         let active = self.registry.resolve(&aggregate.aggregate_type)?;
-        let current = self.load(aggregate, &active, Freshness::Latest).await?;
+        let current = self.load(aggregate, &active, Freshness::Latest).await?.state;
         if current.version == Version::INITIAL {
             return Err(ServiceError::UnknownAggregate(aggregate.clone()));
         }
@@ -473,12 +523,16 @@ impl CommandService {
     /// With [`Freshness::Latest`] a cached state is first checked against the log's version and
     /// the missing events folded in (another host may have appended). Commands use
     /// [`Freshness::Cached`]: the append's expected version catches a stale cache anyway.
+    ///
+    /// A base built by another component (snapshot policy `trust`) is used only as long as the
+    /// active component accepts it: when folding the later events into it fails, the state is
+    /// rebuilt from all events with the active component (logged, counted).
     async fn load(
         &self,
         aggregate: &AggregateRef,
         active: &ActiveComponent,
         freshness: Freshness,
-    ) -> Result<AggregateState> {
+    ) -> Result<Loaded> {
         let trust_other = active.snapshot_policy == SnapshotPolicy::Trust;
         let cached = self
             .cache
@@ -490,26 +544,89 @@ impl CommandService {
             Some(c) => {
                 if freshness == Freshness::Cached || self.log.version(aggregate).await? == c.version
                 {
-                    return Ok(AggregateState {
-                        version: c.version,
-                        state: c.state,
-                        component: c.component,
+                    return Ok(Loaded {
+                        foreign: c.component != active.component,
+                        state: AggregateState {
+                            version: c.version,
+                            state: c.state,
+                            component: c.component,
+                        },
                     });
                 }
-                Some((c.version, c.state))
+                Some((c.version, c.state, c.component))
             }
             None => {
                 let snapshots = self.snapshots.clone();
                 let key = aggregate.clone();
-                let snapshot = tokio::task::spawn_blocking(move || snapshots.get(&key))
+                let snapshot = match tokio::task::spawn_blocking(move || snapshots.get(&key))
                     .await
-                    .map_err(|e| ServiceError::Internal(format!("snapshot read task: {e}")))??;
+                    .map_err(|e| ServiceError::Internal(format!("snapshot read task: {e}")))?
+                {
+                    Ok(s) => s,
+                    // A snapshot only saves folding events: without it, fold them all.
+                    Err(e) => {
+                        tracing::warn!(aggregate = %aggregate, error = %e, "snapshot unreadable; rebuilding from the events");
+                        None
+                    }
+                };
                 snapshot
                     .filter(|s| s.component == active.component || trust_other)
-                    .map(|s| (s.version, s.state))
+                    .map(|s| (s.version, s.state, s.component))
             }
         };
-        let after = base.as_ref().map_or(Version::INITIAL, |(v, _)| *v);
+        let foreign = base
+            .as_ref()
+            .is_some_and(|(_, _, c)| *c != active.component);
+        let started_fold = started;
+        let loaded = match self.fold(aggregate, active, base).await {
+            Err(ServiceError::Guest(e)) if foreign => {
+                self.foreign_failed(aggregate, active, &e);
+                return Ok(Loaded {
+                    state: self.rebuild(aggregate, active).await?,
+                    foreign: false,
+                });
+            }
+            other => other?,
+        };
+        self.observe(|o| o.rehydrated(aggregate, started_fold.elapsed(), loaded.1));
+        Ok(Loaded {
+            state: loaded.0,
+            foreign,
+        })
+    }
+
+    /// `init` + every event with the active component, ignoring snapshots and the hot cache.
+    async fn rebuild(
+        &self,
+        aggregate: &AggregateRef,
+        active: &ActiveComponent,
+    ) -> Result<AggregateState> {
+        let started = std::time::Instant::now();
+        let (state, folded) = self.fold(aggregate, active, None).await?;
+        self.observe(|o| o.rehydrated(aggregate, started.elapsed(), folded));
+        Ok(state)
+    }
+
+    fn foreign_failed(&self, aggregate: &AggregateRef, active: &ActiveComponent, e: &RuntimeError) {
+        tracing::warn!(
+            aggregate = %aggregate,
+            component = %active.component,
+            error = %e,
+            "the active component failed on a state another component built; rebuilding it from the events"
+        );
+        self.cache.remove(aggregate);
+        self.observe(|o| o.foreign_state_rebuilt(aggregate));
+    }
+
+    /// Fold the events after `base` (or all, from `init`) with the active component, and cache
+    /// the result. Returns the state and how many events were folded.
+    async fn fold(
+        &self,
+        aggregate: &AggregateRef,
+        active: &ActiveComponent,
+        base: Option<(Version, Json, ComponentHash)>,
+    ) -> Result<(AggregateState, usize)> {
+        let after = base.as_ref().map_or(Version::INITIAL, |(v, _, _)| *v);
         let events = self.log.read(aggregate, after).await?;
         let runtime = self.runtime.clone();
         let instance = self.instance_key(aggregate, active);
@@ -517,10 +634,15 @@ impl CommandService {
         let isolation = active.isolation;
         let version = events.last().map_or(after, |e| e.version);
         let folded = events.len();
+        // Who built what is returned: the active component once it folded anything.
+        let component = match &base {
+            Some((_, _, c)) if folded == 0 => *c,
+            _ => active.component,
+        };
         let state = tokio::task::spawn_blocking(move || {
             runtime.with_instance(&instance, &limits, isolation, |g| {
                 let base = match base {
-                    Some((_, state)) => state,
+                    Some((_, state, _)) => state,
                     None => g.init()?,
                 };
                 if events.is_empty() {
@@ -532,20 +654,22 @@ impl CommandService {
         })
         .await
         .map_err(|e| ServiceError::Internal(format!("rehydration task: {e}")))??;
-        self.observe(|o| o.rehydrated(aggregate, started.elapsed(), folded));
         self.cache.put(
             aggregate.clone(),
             Cached {
                 version,
                 state: state.clone(),
-                component: active.component,
+                component,
             },
         );
-        Ok(AggregateState {
-            version,
-            state,
-            component: active.component,
-        })
+        Ok((
+            AggregateState {
+                version,
+                state,
+                component,
+            },
+            folded,
+        ))
     }
 
     fn instance_key(&self, aggregate: &AggregateRef, active: &ActiveComponent) -> InstanceKey {
@@ -621,8 +745,22 @@ impl CommandService {
     }
 }
 
-fn duplicate(command_id: CommandId, done: crate::store::Appended) -> CommandOutcome {
-    CommandOutcome {
+/// The original result of a command id seen before — if it was seen on `requested`. An id is
+/// bound to the aggregate it was first used on: answering a command for another aggregate with
+/// the first one's result would tell the client that something happened that did not.
+fn duplicate(
+    command_id: CommandId,
+    requested: &AggregateRef,
+    done: crate::store::Appended,
+) -> Result<CommandOutcome> {
+    if &done.aggregate != requested {
+        return Err(ServiceError::CommandIdReused {
+            command_id,
+            first: done.aggregate,
+            requested: requested.clone(),
+        });
+    }
+    Ok(CommandOutcome {
         command_id,
         aggregate: done.aggregate,
         version: done.version,
@@ -630,5 +768,5 @@ fn duplicate(command_id: CommandId, done: crate::store::Appended) -> CommandOutc
         events: done.events,
         duplicate: true,
         attempts: 0,
-    }
+    })
 }

@@ -33,6 +33,19 @@
 //!
 //! The database directory is locked: one process, one [`EmbeddedLog`] per path at a time.
 //! Dropping the log stops the committer (after finishing what was queued) and releases the lock.
+//!
+//! # Write failures (a full disk)
+//!
+//! fjall treats a failed journal write or fsync as fatal and refuses every later write of that
+//! database ("poisoned"). When a batch fails, the committer marks the log failed
+//! ([`EventLog::health`] names the error, so `/ready` answers 503 and commands are refused at once)
+//! and from then on, at most every [`EmbeddedConfig::recovery_interval`], probes whether the disk
+//! takes writes again (a 1 MiB file written, fsynced and removed next to the database). When it
+//! does, it closes the database, opens it again (fjall's journal recovery keeps every persisted
+//! batch and drops a torn one), reloads the log position and its head cache from disk, and
+//! resumes. Nothing acknowledged is lost: a commit is acknowledged only after its batch was
+//! persisted. A batch whose persist failed was answered `Unavailable`; if its bytes reached the
+//! disk anyway, a retry with the same command id finds it and returns the original result.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -67,6 +80,9 @@ pub struct EmbeddedConfig {
     pub fdatasync: bool,
     /// fjall block cache in bytes; `None` keeps fjall's default.
     pub cache_bytes: Option<u64>,
+    /// After a failed write, how often the committer probes the disk and tries to reopen the
+    /// database. Default 500 ms.
+    pub recovery_interval: std::time::Duration,
 }
 
 impl Default for EmbeddedConfig {
@@ -77,13 +93,14 @@ impl Default for EmbeddedConfig {
             subscriber_buffer: 4096,
             fdatasync: false,
             cache_bytes: None,
+            recovery_interval: std::time::Duration::from_millis(500),
         }
     }
 }
 
 /// The embedded (single machine) event log. See the module docs.
 pub struct EmbeddedLog {
-    shared: Arc<Shared>,
+    current: Arc<Current>,
     requests: mpsc::Sender<Request>,
     committer: parking_lot::Mutex<Option<JoinHandle<()>>>,
     published: broadcast::Sender<Arc<[Event]>>,
@@ -119,8 +136,29 @@ struct Counters {
     persist_micros: AtomicU64,
 }
 
-struct Shared {
+/// The open database (absent while the committer reopens it) and the log's health, shared by the
+/// log's handle and its committer.
+struct Current {
+    shared: parking_lot::RwLock<Option<Arc<Shared>>>,
+    health: parking_lot::Mutex<super::LogHealth>,
     counters: Counters,
+}
+
+impl Current {
+    fn get(&self) -> Result<Arc<Shared>> {
+        self.shared.read().clone().ok_or_else(|| {
+            StoreError::Unavailable(
+                "the embedded event log is being reopened after a write failure".into(),
+            )
+        })
+    }
+
+    fn set_health(&self, health: super::LogHealth) {
+        *self.health.lock() = health;
+    }
+}
+
+struct Shared {
     db: Database,
     events: Keyspace,
     heads: Keyspace,
@@ -181,31 +219,21 @@ impl EmbeddedLog {
     /// As [`EmbeddedLog::open`].
     pub fn open_with(path: impl AsRef<Path>, config: EmbeddedConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let mut builder = Database::builder(&path);
-        if let Some(bytes) = config.cache_bytes {
-            builder = builder.cache_size(bytes);
-        }
-        let db = builder.open().map_err(fjall_err)?;
-        let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(fjall_err)
-        };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::open(&path, &config)?);
+        let position = shared.position()?;
+        let current = Arc::new(Current {
+            shared: parking_lot::RwLock::new(Some(shared)),
+            health: parking_lot::Mutex::new(super::LogHealth::healthy()),
             counters: Counters::default(),
-            events: ks("events")?,
-            heads: ks("heads")?,
-            commands: ks("commands")?,
-            meta: ks("meta")?,
-            db,
         });
-        let position = match shared.meta.get(POSITION_KEY).map_err(fjall_err)? {
-            Some(raw) => decode_u64("meta/position", &raw)?,
-            None => 0,
-        };
         let (published, _) = broadcast::channel(config.subscriber_buffer.max(1));
         let (requests, rx) = mpsc::channel();
         let committer = Committer {
-            shared: shared.clone(),
+            current: current.clone(),
+            path: path.clone(),
+            config: config.clone(),
+            failed_since: None,
+            last_probe: None,
             heads: HashMap::new(),
             head_cache_capacity: config.head_cache_capacity.max(1),
             position,
@@ -224,7 +252,7 @@ impl EmbeddedLog {
                 StoreError::Unavailable(format!("cannot start the committer thread: {e}"))
             })?;
         Ok(Self {
-            shared,
+            current,
             requests,
             committer: parking_lot::Mutex::new(Some(handle)),
             published,
@@ -234,7 +262,7 @@ impl EmbeddedLog {
 
     /// The committer's counters since the log was opened.
     pub fn stats(&self) -> EmbeddedStats {
-        let c = &self.shared.counters;
+        let c = &self.current.counters;
         EmbeddedStats {
             batches: c.batches.load(Ordering::Relaxed),
             commits: c.commits.load(Ordering::Relaxed),
@@ -252,7 +280,7 @@ impl EmbeddedLog {
         &self,
         f: impl FnOnce(&Shared) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let shared = self.shared.clone();
+        let shared = self.current.get()?;
         tokio::task::spawn_blocking(move || f(&shared))
             .await
             .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
@@ -269,6 +297,32 @@ impl Drop for EmbeddedLog {
 }
 
 impl Shared {
+    fn open(path: &Path, config: &EmbeddedConfig) -> Result<Self> {
+        let mut builder = Database::builder(path);
+        if let Some(bytes) = config.cache_bytes {
+            builder = builder.cache_size(bytes);
+        }
+        let db = builder.open().map_err(fjall_err)?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(fjall_err)
+        };
+        Ok(Shared {
+            events: ks("events")?,
+            heads: ks("heads")?,
+            commands: ks("commands")?,
+            meta: ks("meta")?,
+            db,
+        })
+    }
+
+    fn position(&self) -> Result<u64> {
+        match self.meta.get(POSITION_KEY).map_err(fjall_err)? {
+            Some(raw) => decode_u64("meta/position", &raw),
+            None => Ok(0),
+        }
+    }
+
     /// Events of `aggregate` with `after < version <= upto`, checked to be gap-free.
     fn read_events(&self, aggregate: &AggregateRef, after: u64, upto: u64) -> Result<Vec<Event>> {
         if after >= upto {
@@ -340,7 +394,13 @@ impl Shared {
 }
 
 struct Committer {
-    shared: Arc<Shared>,
+    current: Arc<Current>,
+    path: PathBuf,
+    config: EmbeddedConfig,
+    /// Set while writes fail: when the first failure happened.
+    failed_since: Option<std::time::Instant>,
+    /// When the disk was last probed for recovery.
+    last_probe: Option<std::time::Instant>,
     /// aggregate key → version, for every aggregate touched recently.
     heads: HashMap<Vec<u8>, u64>,
     head_cache_capacity: usize,
@@ -365,7 +425,20 @@ impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Request>) {
         let mut batch: Vec<(Commit, Vec<Vec<u8>>, Waiter)> = Vec::with_capacity(self.max_batch);
         loop {
-            let Ok(first) = rx.recv() else { return };
+            let first = if self.failed_since.is_some() {
+                // Failed: wake up on our own to probe, so readiness recovers without traffic.
+                match rx.recv_timeout(self.config.recovery_interval) {
+                    Ok(req) => req,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.try_recover();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                let Ok(first) = rx.recv() else { return };
+                first
+            };
             // `Some(_)` once a flush or shutdown was seen: finish what came before it, then stop.
             let mut stop: Option<Option<oneshot::Sender<Result<()>>>> = None;
             let mut next = Some(first);
@@ -380,14 +453,26 @@ impl Committer {
                 }
             }
             if !batch.is_empty() {
-                self.commit_batch(&mut batch);
+                if self.failed_since.is_some() {
+                    self.try_recover();
+                }
+                if let (Some(since), false) = (self.failed_since, batch.is_empty()) {
+                    let reason = self.current.health.lock().reason.clone().unwrap_or_default();
+                    for (_, _, waiter) in batch.drain(..) {
+                        let _ = waiter.send(Err(StoreError::Unavailable(format!(
+                            "{reason} (failing for {} ms; the log recovers by itself once the disk takes writes)",
+                            since.elapsed().as_millis()
+                        ))));
+                    }
+                } else {
+                    self.commit_batch(&mut batch);
+                }
             }
             if let Some(flush) = stop {
                 let res = self
-                    .shared
-                    .db
-                    .persist(PersistMode::SyncAll)
-                    .map_err(fjall_err);
+                    .current
+                    .get()
+                    .and_then(|shared| shared.db.persist(PersistMode::SyncAll).map_err(fjall_err));
                 if let Some(tx) = flush {
                     let _ = tx.send(res);
                 }
@@ -408,11 +493,69 @@ impl Committer {
         }
     }
 
+    /// Writes failed: probe the disk (rate-limited) and, when it takes writes again, reopen the
+    /// database and reload the position and heads from it.
+    fn try_recover(&mut self) {
+        let now = std::time::Instant::now();
+        if self
+            .last_probe
+            .is_some_and(|t| now.duration_since(t) < self.config.recovery_interval)
+        {
+            return;
+        }
+        self.last_probe = Some(now);
+        if let Err(e) = probe_disk(&self.path) {
+            self.current.set_health(super::LogHealth::failing(
+                "storage-failed",
+                format!("event log writes fail: the disk does not take writes: {e}"),
+            ));
+            return;
+        }
+        // Close the poisoned database: take it out (reads answer "being reopened" meanwhile) and
+        // wait, briefly, for reads in progress to let go of it.
+        let old = self.current.shared.write().take();
+        if let Some(old) = old {
+            let deadline = now + std::time::Duration::from_secs(2);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if Arc::strong_count(&old) > 1 {
+                *self.current.shared.write() = Some(old);
+                return; // a long read still holds it; try again next time
+            }
+            drop(old);
+        }
+        let reopened = Shared::open(&self.path, &self.config)
+            .and_then(|shared| shared.position().map(|p| (shared, p)));
+        match reopened {
+            Ok((shared, position)) => {
+                let failed_for = self.failed_since.map(|t| t.elapsed()).unwrap_or_default();
+                *self.current.shared.write() = Some(Arc::new(shared));
+                self.position = position;
+                self.heads.clear();
+                self.failed_since = None;
+                self.current.set_health(super::LogHealth::healthy());
+                tracing::info!(
+                    path = %self.path.display(),
+                    position,
+                    failed_ms = failed_for.as_millis() as u64,
+                    "event log writable again: reopened the database"
+                );
+            }
+            Err(e) => {
+                self.current.set_health(super::LogHealth::failing(
+                    "storage-failed",
+                    format!("event log writes fail; reopening the database failed: {e}"),
+                ));
+            }
+        }
+    }
+
     fn cached_head(&mut self, akey: &[u8]) -> Result<u64> {
         if let Some(v) = self.heads.get(akey) {
             return Ok(*v);
         }
-        let v = self.shared.head(akey)?;
+        let v = self.current.get()?.head(akey)?;
         self.remember_head(akey.to_vec(), v);
         Ok(v)
     }
@@ -425,7 +568,15 @@ impl Committer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<(Commit, Vec<Vec<u8>>, Waiter)>) {
-        let shared = self.shared.clone();
+        let shared = match self.current.get() {
+            Ok(shared) => shared,
+            Err(e) => {
+                for (_, _, waiter) in batch.drain(..) {
+                    let _ = waiter.send(Err(StoreError::Unavailable(e.to_string())));
+                }
+                return;
+            }
+        };
         let mut wb = shared.db.batch().durability(Some(self.mode));
         let start_position = self.position;
         let started = std::time::Instant::now();
@@ -517,7 +668,7 @@ impl Committer {
             wb.insert(&shared.meta, POSITION_KEY, self.position.to_be_bytes());
             wb.commit().map_err(fjall_err)
         };
-        let c = &shared.counters;
+        let c = &self.current.counters;
         let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         c.prepare_micros
             .fetch_add(micros(prepared - started), Ordering::Relaxed);
@@ -530,8 +681,14 @@ impl Committer {
         }
 
         if let Err(e) = &persisted {
-            tracing::error!(error = %e, "event log batch failed; every commit in it is refused");
+            tracing::error!(error = %e, "event log batch failed; every commit in it is refused; the log refuses writes until the disk takes them again");
             self.position = start_position;
+            self.failed_since.get_or_insert_with(std::time::Instant::now);
+            self.last_probe = Some(std::time::Instant::now());
+            self.current.set_health(super::LogHealth::failing(
+                "storage-failed",
+                format!("event log writes fail: {e}"),
+            ));
         } else {
             for (akey, v) in overlay {
                 self.remember_head(akey, v);
@@ -584,10 +741,27 @@ impl Committer {
     }
 }
 
+/// Whether the disk under `dir` takes a 1 MiB write and an fsync now.
+fn probe_disk(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let probe = dir.join(".write-probe");
+    let result = (|| {
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(&vec![0u8; 1 << 20])?;
+        f.sync_all()
+    })();
+    let _ = std::fs::remove_file(&probe);
+    result
+}
+
 #[async_trait::async_trait]
 impl EventLog for EmbeddedLog {
     fn kind(&self) -> &'static str {
         "embedded"
+    }
+
+    fn health(&self) -> super::LogHealth {
+        self.current.health.lock().clone()
     }
 
     async fn append(&self, commit: Commit) -> Result<Appended> {

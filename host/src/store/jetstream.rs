@@ -62,6 +62,25 @@
 //! not a power loss); power-loss durability in JetStream mode comes from replication (R3,
 //! [`JetStreamConfig::replicas`]).
 //!
+//! # Outages
+//!
+//! NATS is reached through a [`Breaker`]. The client's connection events arrive the moment they
+//! happen: a lost connection opens the breaker, and every operation is then refused at once with
+//! [`StoreError::Unavailable`] (no request is queued in the client to be sent later), and
+//! [`EventLog::health`] says so; a reconnect makes it half-open, a background task probes (a
+//! direct get on the stream and one on the command bucket) and success closes it. Consecutive
+//! NATS failures or timeouts ([`BreakerConfig::failure_threshold`]) open it too, and it probes
+//! again after [`BreakerConfig::cooldown`]. Each operation, with all its requests, runs under
+//! [`JetStreamConfig::request_timeout`]: an operation caught by an outage answers `Unavailable`
+//! within that deadline. A publish it had already handed to the client may still reach the server
+//! after a reconnect; the intent and the dedup window make the caller's retry with the same
+//! command id return that result instead of writing twice.
+//!
+//! With [`ConnectMode::Retry`] the log opens lazily: [`JetStreamLog::connect_with`] returns at
+//! once, the client connects with backoff (at most 1 s between attempts), and the
+//! background task creates or checks the stream and the bucket once connected, retrying with
+//! backoff; until then operations are refused with "NATS not connected yet (…)".
+//!
 //! # Reads
 //!
 //! `read` fetches the subject's last message first (one direct get); when that message alone
@@ -77,7 +96,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use async_nats::jetstream::consumer::{pull, push, DeliverPolicy};
@@ -88,7 +108,8 @@ use async_nats::jetstream::stream::{self, DirectGetErrorKind, RetentionPolicy, S
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{Appended, Commit, EventLog, EventStream, Result, StoreError};
+use super::breaker::{Breaker, BreakerConfig, BreakerState};
+use super::{Appended, Commit, EventLog, EventStream, LogHealth, Result, StoreError};
 use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, TenantId, Version};
 
 /// The subject/KV token standing for the single-tenant (empty) tenant id.
@@ -96,6 +117,17 @@ pub const SINGLE_TENANT_TOKEN: &str = "=single";
 
 /// The subjects the stream must capture (and nothing else).
 pub const STREAM_SUBJECTS: &str = "tenant.>";
+
+/// A subject inside the stream that is never written (`=probe` is not a tenant id): the breaker's
+/// probe reads it.
+const PROBE_SUBJECT: &str = "tenant.=probe.aggregate.probe.probe";
+/// A command-bucket key that is never written, read by the probe.
+const PROBE_KEY: &str = "=probe";
+/// Longest wait between two attempts to reach NATS (the client's reconnects, and opening the
+/// stream and bucket on a lazy start).
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// How often the supervisor looks at the connection when nothing woke it.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(250);
 
 const HEADER_VERSION: &str = "Agg-Version";
 const HEADER_FROM: &str = "Agg-From";
@@ -117,6 +149,11 @@ pub struct JetStreamConfig {
     /// Most aggregates whose `(version, last sequence)` is cached; cleared when full.
     /// Default 100,000.
     pub head_cache_capacity: usize,
+    /// Deadline of each operation (all its NATS requests together); past it the operation fails
+    /// with [`StoreError::Unavailable`] and counts as a failure for the breaker. Default 2 s.
+    pub request_timeout: Duration,
+    /// When the breaker opens and probes.
+    pub breaker: BreakerConfig,
 }
 
 impl Default for JetStreamConfig {
@@ -128,27 +165,21 @@ impl Default for JetStreamConfig {
             replicas: 1,
             direct_read_limit: 32,
             head_cache_capacity: 100_000,
+            request_timeout: Duration::from_secs(2),
+            breaker: BreakerConfig::default(),
         }
     }
 }
 
-/// The JetStream event log. See the module docs.
-pub struct JetStreamLog {
+/// The opened log: the stream and the command bucket exist and were checked. Every operation of
+/// [`JetStreamLog`] runs on it, under a deadline and behind the breaker.
+struct Core {
     client: async_nats::Client,
     js: Context,
     stream: stream::Stream,
     commands: kv::Store,
     config: JetStreamConfig,
     heads: parking_lot::Mutex<HashMap<AggregateRef, Head>>,
-    closed: AtomicBool,
-}
-
-impl std::fmt::Debug for JetStreamLog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JetStreamLog")
-            .field("stream", &self.config.stream)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Where an aggregate's subject stands.
@@ -377,28 +408,11 @@ fn check_stream(config: &stream::Config, name: &str) -> Result<()> {
     Ok(())
 }
 
-impl JetStreamLog {
-    /// Connect to `url` and open the log (see [`JetStreamLog::open`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`JetStreamLog::open`], plus [`StoreError::Unavailable`] when the server cannot be reached.
-    pub async fn connect(url: &str, config: JetStreamConfig) -> Result<Self> {
-        let client = async_nats::connect(url)
-            .await
-            .map_err(unavailable!("connect"))?;
-        Self::open(client, config).await
-    }
-
-    /// Open the log on a connected client: create the stream and the command bucket if missing,
-    /// check them if present.
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::IncompatibleStream`] naming the field when the stream (or the bucket's stream)
-    /// exists with a configuration the log cannot use; [`StoreError::Unavailable`] otherwise.
-    pub async fn open(client: async_nats::Client, config: JetStreamConfig) -> Result<Self> {
-        let js = async_nats::jetstream::new(client.clone());
+impl Core {
+    /// Create the stream and the command bucket if missing, check them if present.
+    async fn open(client: async_nats::Client, config: JetStreamConfig) -> Result<Self> {
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(config.request_timeout);
         let wanted = stream::Config {
             name: config.stream.clone(),
             subjects: vec![STREAM_SUBJECTS.to_string()],
@@ -472,13 +486,19 @@ impl JetStreamLog {
             commands,
             config,
             heads: parking_lot::Mutex::new(HashMap::new()),
-            closed: AtomicBool::new(false),
         })
     }
 
-    /// The configuration the log was opened with.
-    pub fn config(&self) -> &JetStreamConfig {
-        &self.config
+    /// One cheap round trip to each stream the log writes to (a direct get of a subject that is
+    /// never written, and of a key that is never written): both answer only when their stream
+    /// leader is reachable.
+    async fn probe(&self) -> Result<()> {
+        self.last_message(PROBE_SUBJECT).await?;
+        self.commands
+            .entry(PROBE_KEY)
+            .await
+            .map_err(unavailable!("probe command bucket"))?;
+        Ok(())
     }
 
     fn remember(&self, aggregate: &AggregateRef, head: Head) {
@@ -662,19 +682,9 @@ enum IntentOutcome {
     Retry,
 }
 
-#[async_trait::async_trait]
-impl EventLog for JetStreamLog {
-    fn kind(&self) -> &'static str {
-        "jetstream"
-    }
-
+/// The operations, without deadline or breaker (see [`JetStreamLog`]).
+impl Core {
     async fn append(&self, commit: Commit) -> Result<Appended> {
-        commit.validate()?;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable(
-                "the JetStream event log is closed".into(),
-            ));
-        }
         let subject = subject_of(&commit.aggregate);
         let key = command_key(&commit.aggregate.tenant, &commit.command_id);
         let version = commit.next_version();
@@ -917,10 +927,516 @@ impl EventLog for JetStreamLog {
             .flat_map(futures::stream::iter);
         Ok(stream.boxed())
     }
+}
+
+/// How [`JetStreamLog::connect_with`] treats a server that cannot be reached at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConnectMode {
+    /// Return at once; connect, then create or check the stream and bucket, in the background
+    /// with backoff. Operations are refused ([`StoreError::Unavailable`], "NATS not connected
+    /// yet (…)") and [`EventLog::health`] is not ok until the log is open.
+    #[default]
+    Retry,
+    /// Connect and open before returning, and fail if either fails.
+    FailFast,
+}
+
+/// The JetStream event log. See the module docs.
+///
+/// Every operation runs under [`JetStreamConfig::request_timeout`] and behind a [`Breaker`]: the
+/// client reports a lost connection at once and the breaker opens, so operations are refused
+/// without touching NATS until a reconnect and a successful probe close it again. Consecutive
+/// failures or timeouts open it too. A background task (stopped when the log is dropped) opens
+/// the log on a lazy start and runs the probes.
+pub struct JetStreamLog {
+    shared: Arc<Shared>,
+    supervisor: tokio::task::AbortHandle,
+}
+
+impl std::fmt::Debug for JetStreamLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamLog")
+            .field("url", &self.shared.url)
+            .field("stream", &self.shared.config.stream)
+            .field("breaker", &self.shared.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for JetStreamLog {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+/// What the log, its supervisor task and the client's event callback share.
+struct Shared {
+    client: async_nats::Client,
+    /// The server URL (messages only).
+    url: String,
+    config: JetStreamConfig,
+    /// Set once the stream and the bucket exist and were checked.
+    core: OnceLock<Arc<Core>>,
+    breaker: Arc<Breaker>,
+    /// Set by `flush`: appends are refused from then on.
+    closed: AtomicBool,
+    /// The client's last connection error, or why opening the stream or bucket failed.
+    last_error: Arc<parking_lot::Mutex<Option<String>>>,
+    /// Wakes the supervisor (a reconnect).
+    wake: Arc<tokio::sync::Notify>,
+    /// Bumped when the log opens and when an attempt to connect or open fails
+    /// ([`JetStreamLog::wait_open`] waits on it).
+    progress: Arc<tokio::sync::watch::Sender<()>>,
+}
+
+/// The delay before the client's `attempt`-th consecutive reconnect: 0, then 50 ms doubling up
+/// to [`MAX_RETRY_DELAY`].
+fn retry_delay(attempt: usize) -> Duration {
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempt - 2).unwrap_or(u32::MAX).min(10);
+    (Duration::from_millis(50) * 2u32.pow(exp)).min(MAX_RETRY_DELAY)
+}
+
+impl JetStreamLog {
+    /// Connect to `url` and open the log, failing if either fails (see
+    /// [`JetStreamLog::connect_with`] with [`ConnectMode::FailFast`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`JetStreamLog::open`], plus [`StoreError::Unavailable`] when the server cannot be
+    /// reached.
+    pub async fn connect(url: &str, config: JetStreamConfig) -> Result<Self> {
+        Self::connect_with(url, config, ConnectMode::FailFast).await
+    }
+
+    /// Connect to `url` and open the log, now ([`ConnectMode::FailFast`]) or in the background
+    /// ([`ConnectMode::Retry`]). Either way the client reconnects by itself after an outage, and
+    /// the log reports connection changes to its breaker the moment the client sees them.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] for a URL the client cannot parse; with
+    /// [`ConnectMode::FailFast`] also as [`JetStreamLog::open`], and when the server cannot be
+    /// reached.
+    pub async fn connect_with(
+        url: &str,
+        config: JetStreamConfig,
+        mode: ConnectMode,
+    ) -> Result<Self> {
+        let breaker = Arc::new(match mode {
+            ConnectMode::FailFast => Breaker::closed(config.breaker),
+            ConnectMode::Retry => {
+                Breaker::open(config.breaker, format!("NATS not connected yet ({url})"))
+            }
+        });
+        let signals = Signals::default();
+        let options = {
+            let (breaker, signals) = (breaker.clone(), signals.clone());
+            let server = url.to_string();
+            let mut options = async_nats::ConnectOptions::new()
+                .request_timeout(Some(config.request_timeout))
+                .reconnect_delay_callback(retry_delay)
+                .event_callback(move |event| {
+                    on_connection_event(&event, &server, &breaker, &signals);
+                    async {}
+                });
+            if mode == ConnectMode::Retry {
+                options = options.retry_on_initial_connect();
+            }
+            options
+        };
+        let client = options
+            .connect(url)
+            .await
+            .map_err(unavailable!("connect"))?;
+        let core = match mode {
+            ConnectMode::FailFast => Some(Core::open(client.clone(), config.clone()).await?),
+            ConnectMode::Retry => None,
+        };
+        Ok(Self::assemble(
+            client,
+            url.to_string(),
+            config,
+            core,
+            breaker,
+            signals,
+        ))
+    }
+
+    /// Open the log on a connected client: create the stream and the command bucket if missing,
+    /// check them if present. The log does not see this client's connection events; its
+    /// supervisor notices a lost connection within a quarter of a second, and failures open the
+    /// breaker as usual.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::IncompatibleStream`] naming the field when the stream (or the bucket's stream)
+    /// exists with a configuration the log cannot use; [`StoreError::Unavailable`] otherwise.
+    pub async fn open(client: async_nats::Client, config: JetStreamConfig) -> Result<Self> {
+        let core = Core::open(client.clone(), config.clone()).await?;
+        let info = client.server_info();
+        let url = format!("nats://{}:{}", info.host, info.port);
+        let breaker = Arc::new(Breaker::closed(config.breaker));
+        Ok(Self::assemble(
+            client,
+            url,
+            config,
+            Some(core),
+            breaker,
+            Signals::default(),
+        ))
+    }
+
+    fn assemble(
+        client: async_nats::Client,
+        url: String,
+        config: JetStreamConfig,
+        core: Option<Core>,
+        breaker: Arc<Breaker>,
+        signals: Signals,
+    ) -> Self {
+        let cell = OnceLock::new();
+        if let Some(core) = core {
+            let _ = cell.set(Arc::new(core));
+        }
+        let shared = Arc::new(Shared {
+            client,
+            url,
+            config,
+            core: cell,
+            breaker,
+            closed: AtomicBool::new(false),
+            last_error: signals.last_error,
+            wake: signals.wake,
+            progress: signals.progress,
+        });
+        let supervisor = tokio::spawn(supervise(Arc::downgrade(&shared))).abort_handle();
+        Self { shared, supervisor }
+    }
+
+    /// The configuration the log was opened with.
+    pub fn config(&self) -> &JetStreamConfig {
+        &self.shared.config
+    }
+
+    /// The breaker in front of NATS (to observe its transitions).
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.shared.breaker
+    }
+
+    /// True once the stream and the command bucket exist and were checked.
+    pub fn is_open(&self) -> bool {
+        self.shared.core.get().is_some()
+    }
+
+    /// Wait until the log is open, an attempt to connect or open has failed, or `timeout`
+    /// passed; true when open. A lazy start uses it so that a host whose NATS is up is ready
+    /// when it starts listening, and one whose NATS is down starts at once.
+    pub async fn wait_open(&self, timeout: Duration) -> bool {
+        let mut progress = self.shared.progress.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.is_open() {
+                return true;
+            }
+            if self.shared.last_error.lock().is_some() {
+                return false;
+            }
+            match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return self.is_open(),
+            }
+        }
+    }
+
+    /// The opened log, if operations may run now; otherwise why not.
+    fn core(&self) -> Result<Arc<Core>> {
+        let health = self.health();
+        if !health.ok {
+            return Err(StoreError::Unavailable(health.reason.unwrap_or_default()));
+        }
+        self.shared
+            .core
+            .get()
+            .cloned()
+            .ok_or_else(|| StoreError::Unavailable("the JetStream event log is not open".into()))
+    }
+
+    /// Run one operation under the deadline and report its outcome to the breaker. Only NATS
+    /// errors and timeouts count as failures: a conflict or a missing message is an answer.
+    async fn guarded<T>(
+        &self,
+        what: &'static str,
+        operation: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let breaker = &self.shared.breaker;
+        let epoch = breaker.epoch();
+        let deadline = self.shared.config.request_timeout;
+        let result = match tokio::time::timeout(deadline, operation).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "nats: {what}: no answer within {} ms",
+                deadline.as_millis()
+            ))),
+        };
+        match &result {
+            // NATS failed or did not answer (every such error says `nats: …`); the log's own
+            // refusals (e.g. too many concurrent attempts at one command) are not NATS failures.
+            Err(StoreError::Unavailable(reason)) if reason.starts_with("nats: ") => {
+                breaker.failure(reason.as_str(), epoch, Instant::now());
+            }
+            Err(StoreError::Unavailable(_)) => {}
+            _ => breaker.success(),
+        }
+        result
+    }
+}
+
+/// What the client's event callback shares with the log.
+#[derive(Clone)]
+struct Signals {
+    last_error: Arc<parking_lot::Mutex<Option<String>>>,
+    wake: Arc<tokio::sync::Notify>,
+    progress: Arc<tokio::sync::watch::Sender<()>>,
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self {
+            last_error: Arc::new(parking_lot::Mutex::new(None)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            progress: Arc::new(tokio::sync::watch::channel(()).0),
+        }
+    }
+}
+
+/// The client's connection events, as they happen: the breaker opens on a lost connection and
+/// goes half-open on a reconnect (the supervisor then probes).
+fn on_connection_event(event: &async_nats::Event, url: &str, breaker: &Breaker, signals: &Signals) {
+    use async_nats::Event;
+    match event {
+        Event::Disconnected => {
+            breaker.disconnected(format!("NATS connection lost ({url})"), Instant::now());
+            tracing::warn!(
+                url,
+                "NATS connection lost; refusing commands until it is back"
+            );
+        }
+        Event::Closed => {
+            breaker.disconnected(format!("NATS connection closed ({url})"), Instant::now());
+        }
+        Event::Connected => {
+            *signals.last_error.lock() = None;
+            breaker.reconnected(Instant::now());
+            signals.wake.notify_one();
+        }
+        Event::ClientError(e) => {
+            let message = e.to_string();
+            let message = message.strip_prefix("nats: ").unwrap_or(&message);
+            *signals.last_error.lock() = Some(format!("{url}: {message}"));
+            signals.progress.send_replace(());
+        }
+        _ => {}
+    }
+}
+
+/// The background task of a [`JetStreamLog`]: opens the log once NATS is reachable (retrying with
+/// backoff), keeps the breaker in step with the client's connection state, and runs the breaker's
+/// probes. Ends when the log is dropped.
+async fn supervise(shared: std::sync::Weak<Shared>) {
+    let mut open_backoff = Duration::from_millis(100);
+    loop {
+        let Some(s) = shared.upgrade() else { return };
+        let wake = s.wake.clone();
+        let mut pause = SUPERVISOR_TICK;
+        let connected = s.client.connection_state() == async_nats::connection::State::Connected;
+        let now = Instant::now();
+        // The event callback is the fast path; this catches clients opened without it.
+        match (connected, s.breaker.connected()) {
+            (false, true) => s
+                .breaker
+                .disconnected(format!("NATS connection lost ({})", s.url), now),
+            (true, false) => s.breaker.reconnected(now),
+            _ => {}
+        }
+        if s.core.get().is_none() {
+            if connected {
+                let config = s.config.clone();
+                let deadline = config.request_timeout;
+                let opened = match tokio::time::timeout(
+                    deadline,
+                    Core::open(s.client.clone(), config),
+                )
+                .await
+                {
+                    Ok(opened) => opened,
+                    Err(_) => Err(StoreError::Unavailable(format!(
+                        "nats: open: no answer within {} ms",
+                        deadline.as_millis()
+                    ))),
+                };
+                match opened {
+                    Ok(core) => {
+                        let _ = s.core.set(Arc::new(core));
+                        *s.last_error.lock() = None;
+                        s.progress.send_replace(());
+                        s.breaker.reconnected(Instant::now());
+                        s.breaker.probe_succeeded(Instant::now());
+                        tracing::info!(
+                            url = s.url,
+                            stream = s.config.stream,
+                            "JetStream event log open"
+                        );
+                        open_backoff = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        tracing::warn!(url = s.url, error = %e, retry_in_ms = open_backoff.as_millis() as u64, "cannot open the JetStream event log yet");
+                        *s.last_error.lock() = Some(e.to_string());
+                        s.progress.send_replace(());
+                        pause = open_backoff;
+                        open_backoff = (open_backoff * 2).min(MAX_RETRY_DELAY * 5);
+                    }
+                }
+            }
+        } else if s.breaker.probe_due(Instant::now()) {
+            let core = s.core.get().cloned().expect("open");
+            let deadline = s.config.request_timeout;
+            let probed = match tokio::time::timeout(deadline, core.probe()).await {
+                Ok(probed) => probed,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "nats: probe: no answer within {} ms",
+                    deadline.as_millis()
+                ))),
+            };
+            match probed {
+                Ok(()) => {
+                    s.breaker.probe_succeeded(Instant::now());
+                    tracing::info!(url = s.url, "NATS is back; taking commands again");
+                }
+                Err(e) => {
+                    tracing::warn!(url = s.url, error = %e, "NATS probe failed; breaker stays open");
+                    s.breaker.probe_failed(e.to_string(), Instant::now());
+                }
+            }
+        }
+        drop(s);
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for JetStreamLog {
+    fn kind(&self) -> &'static str {
+        "jetstream"
+    }
+
+    fn health(&self) -> LogHealth {
+        let s = &self.shared;
+        if s.core.get().is_none() {
+            let detail = s
+                .last_error
+                .lock()
+                .clone()
+                .unwrap_or_else(|| format!("connecting to {}", s.url));
+            let reason = if s.breaker.connected() {
+                format!("NATS connected, JetStream event log not open yet ({detail})")
+            } else {
+                format!("NATS not connected yet ({detail})")
+            };
+            return LogHealth::failing("connecting", reason);
+        }
+        match s.breaker.state() {
+            BreakerState::Closed => LogHealth::healthy(),
+            BreakerState::Open => LogHealth::failing(
+                "open",
+                s.breaker
+                    .reason()
+                    .unwrap_or_else(|| format!("NATS unavailable ({})", s.url)),
+            ),
+            BreakerState::HalfOpen => LogHealth::failing(
+                "half-open",
+                format!(
+                    "NATS reconnected ({}); probing before taking commands",
+                    s.url
+                ),
+            ),
+        }
+    }
+
+    async fn append(&self, commit: Commit) -> Result<Appended> {
+        commit.validate()?;
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "the JetStream event log is closed".into(),
+            ));
+        }
+        let core = self.core()?;
+        self.guarded("append", core.append(commit)).await
+    }
+
+    async fn read(&self, aggregate: &AggregateRef, after: Version) -> Result<Vec<Event>> {
+        let core = self.core()?;
+        self.guarded("read", core.read(aggregate, after)).await
+    }
+
+    async fn version(&self, aggregate: &AggregateRef) -> Result<Version> {
+        let core = self.core()?;
+        self.guarded("version", core.version(aggregate)).await
+    }
+
+    async fn find_command(
+        &self,
+        tenant: &TenantId,
+        command_id: &CommandId,
+    ) -> Result<Option<Appended>> {
+        let core = self.core()?;
+        self.guarded("command lookup", core.find_command(tenant, command_id))
+            .await
+    }
+
+    async fn list_aggregates(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<(AggregateType, AggregateId)>> {
+        let core = self.core()?;
+        self.guarded("list aggregates", core.list_aggregates(tenant))
+            .await
+    }
+
+    async fn subscribe(
+        &self,
+        tenant: &TenantId,
+        aggregate_type: Option<&AggregateType>,
+    ) -> Result<EventStream> {
+        let core = self.core()?;
+        self.guarded("subscribe", core.subscribe(tenant, aggregate_type))
+            .await
+    }
 
     async fn flush(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
-        self.client.flush().await.map_err(unavailable!("flush"))
+        self.shared.closed.store(true, Ordering::Release);
+        if self.shared.core.get().is_none() || !self.shared.breaker.allows() {
+            // Every append that returned Ok was acknowledged by the server; what the client may
+            // still buffer was answered as unavailable, so nothing acknowledged depends on it.
+            tracing::warn!(
+                url = self.shared.url,
+                "NATS unavailable at shutdown; nothing to flush that was acknowledged"
+            );
+            return Ok(());
+        }
+        let deadline = self.shared.config.request_timeout;
+        match tokio::time::timeout(deadline, self.shared.client.flush()).await {
+            Ok(flushed) => flushed.map_err(unavailable!("flush")),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "nats: flush: no answer within {} ms",
+                deadline.as_millis()
+            ))),
+        }
     }
 }
 

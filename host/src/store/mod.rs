@@ -12,13 +12,15 @@ use futures::stream::BoxStream;
 
 use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, TenantId, Version};
 
+pub mod breaker;
 pub mod embedded;
 pub mod jetstream;
 mod keys;
 pub mod snapshots;
 
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use embedded::{EmbeddedConfig, EmbeddedLog, EmbeddedStats};
-pub use jetstream::{JetStreamConfig, JetStreamLog};
+pub use jetstream::{ConnectMode, JetStreamConfig, JetStreamLog};
 pub use snapshots::SnapshotStore;
 
 /// Errors of the storage layer.
@@ -123,6 +125,39 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// What an event log knows about its own health, without doing any I/O (readiness and the
+/// fail-fast check before each command read this).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogHealth {
+    /// True when the log is expected to take writes now.
+    pub ok: bool,
+    /// A short state name for readiness and metrics, e.g. `ok`, `open` (a breaker refusing
+    /// calls), `half-open` (probing), `connecting`, `storage-failed`.
+    pub state: &'static str,
+    /// Why the log is not ok (absent when ok).
+    pub reason: Option<String>,
+}
+
+impl LogHealth {
+    /// A healthy log.
+    pub fn healthy() -> Self {
+        Self {
+            ok: true,
+            state: "ok",
+            reason: None,
+        }
+    }
+
+    /// An unhealthy log in `state`, because of `reason`.
+    pub fn failing(state: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            state,
+            reason: Some(reason.into()),
+        }
+    }
+}
+
 /// A stream of a tenant's new events, in append order per aggregate.
 pub type EventStream = BoxStream<'static, Result<Event>>;
 
@@ -131,6 +166,13 @@ pub type EventStream = BoxStream<'static, Result<Event>>;
 pub trait EventLog: Send + Sync + 'static {
     /// A short name for logs and metrics (`embedded`, `jetstream`).
     fn kind(&self) -> &'static str;
+
+    /// The log's health as tracked from its own operations and connection events, answered at
+    /// once without I/O. When not `ok`, the command service refuses commands with
+    /// [`StoreError::Unavailable`] before touching the log. Default: always healthy.
+    fn health(&self) -> LogHealth {
+        LogHealth::healthy()
+    }
 
     /// Append a command's events atomically, if the aggregate is still at `commit.expected`.
     /// A command id appended before returns the original result with `duplicate: true` and

@@ -11,25 +11,58 @@
 //!
 //! The store uses its own fjall database (its own directory), not the event log's: a shared
 //! journal would make snapshot writes wait behind the event log's group-commit fsyncs.
+//!
+//! fjall refuses every write of a database after one failed journal write (a full disk). A
+//! snapshot write that fails that way makes the store reopen its database (at most every
+//! [`REOPEN_INTERVAL`]), so snapshots work again once the disk takes writes, without a restart.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use parking_lot::{Mutex, RwLock};
 
 use super::keys::{aggregate_key, decode_aggregate_key, tenant_prefix};
 use super::{Result, StoreError};
 use crate::types::{AggregateRef, Snapshot, TenantId};
 
+/// Least time between two attempts to reopen the database after failed writes.
+pub const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The snapshot store. Cheap to clone (handles to one database).
 #[derive(Clone)]
 pub struct SnapshotStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// Absent only while a reopen failed.
+    open: RwLock<Option<Open>>,
+    last_reopen: Mutex<Option<Instant>>,
+}
+
+struct Open {
     db: Database,
     snapshots: Keyspace,
 }
 
+impl Open {
+    fn new(path: &Path) -> Result<Self> {
+        let db = Database::builder(path).open().map_err(fjall_err)?;
+        let snapshots = db
+            .keyspace("snapshots", KeyspaceCreateOptions::default)
+            .map_err(fjall_err)?;
+        Ok(Self { db, snapshots })
+    }
+}
+
 impl std::fmt::Debug for SnapshotStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotStore").finish_non_exhaustive()
+        f.debug_struct("SnapshotStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,11 +77,60 @@ impl SnapshotStore {
     ///
     /// [`StoreError::Unavailable`] when the directory cannot be opened or is locked.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let db = Database::builder(path.as_ref()).open().map_err(fjall_err)?;
-        let snapshots = db
-            .keyspace("snapshots", KeyspaceCreateOptions::default)
-            .map_err(fjall_err)?;
-        Ok(Self { db, snapshots })
+        let path = path.as_ref().to_path_buf();
+        let open = Open::new(&path)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                open: RwLock::new(Some(open)),
+                last_reopen: Mutex::new(None),
+            }),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Open) -> Result<T>) -> Result<T> {
+        let open = self.inner.open.read();
+        match open.as_ref() {
+            Some(o) => f(o),
+            None => Err(StoreError::Unavailable(
+                "the snapshot store is being reopened after a write failure".into(),
+            )),
+        }
+    }
+
+    /// A write failed: reopen the database (rate-limited), since fjall refuses every later write
+    /// of a database whose journal write failed.
+    fn recover(&self) {
+        {
+            let mut last = self.inner.last_reopen.lock();
+            if last.is_some_and(|t| t.elapsed() < REOPEN_INTERVAL) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let mut open = self.inner.open.write();
+        drop(open.take());
+        match Open::new(&self.inner.path) {
+            Ok(o) => {
+                *open = Some(o);
+                tracing::info!(path = %self.inner.path.display(), "snapshot store reopened after a write failure");
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.inner.path.display(), error = %e, "snapshot store could not be reopened; retrying on the next write");
+            }
+        }
+    }
+
+    /// Run a write; on failure reopen the database once (rate-limited) and try again.
+    fn write(&self, f: impl Fn(&Open) -> Result<()>) -> Result<()> {
+        match self.with(&f) {
+            Ok(()) => Ok(()),
+            Err(StoreError::Unavailable(_)) => {
+                self.recover();
+                self.with(&f)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The latest snapshot of an aggregate, if any.
@@ -59,7 +141,7 @@ impl SnapshotStore {
     /// decode or belongs to another aggregate.
     pub fn get(&self, aggregate: &AggregateRef) -> Result<Option<Snapshot>> {
         let key = aggregate_key(aggregate);
-        let Some(raw) = self.snapshots.get(&key).map_err(fjall_err)? else {
+        let Some(raw) = self.with(|o| o.snapshots.get(&key).map_err(fjall_err))? else {
             return Ok(None);
         };
         let snapshot: Snapshot =
@@ -85,9 +167,12 @@ impl SnapshotStore {
         let value = serde_json::to_vec(snapshot).map_err(|e| {
             StoreError::InvalidCommit(format!("snapshot cannot be serialized: {e}"))
         })?;
-        self.snapshots
-            .insert(aggregate_key(&snapshot.aggregate), value)
-            .map_err(fjall_err)
+        let key = aggregate_key(&snapshot.aggregate);
+        self.write(|o| {
+            o.snapshots
+                .insert(key.clone(), value.clone())
+                .map_err(fjall_err)
+        })
     }
 
     /// Delete an aggregate's snapshot (no error when there is none).
@@ -96,9 +181,8 @@ impl SnapshotStore {
     ///
     /// [`StoreError::Unavailable`] on I/O.
     pub fn remove(&self, aggregate: &AggregateRef) -> Result<()> {
-        self.snapshots
-            .remove(aggregate_key(aggregate))
-            .map_err(fjall_err)
+        let key = aggregate_key(aggregate);
+        self.write(|o| o.snapshots.remove(key.clone()).map_err(fjall_err))
     }
 
     /// The aggregates of a tenant that have a snapshot.
@@ -107,12 +191,14 @@ impl SnapshotStore {
     ///
     /// [`StoreError::Unavailable`] on I/O; [`StoreError::Corrupted`] for an undecodable key.
     pub fn list(&self, tenant: &TenantId) -> Result<Vec<AggregateRef>> {
-        let mut out = Vec::new();
-        for guard in self.snapshots.prefix(tenant_prefix(tenant)) {
-            let key = guard.key().map_err(fjall_err)?;
-            out.push(decode_aggregate_key(&key)?);
-        }
-        Ok(out)
+        self.with(|o| {
+            let mut out = Vec::new();
+            for guard in o.snapshots.prefix(tenant_prefix(tenant)) {
+                let key = guard.key().map_err(fjall_err)?;
+                out.push(decode_aggregate_key(&key)?);
+            }
+            Ok(out)
+        })
     }
 
     /// Sync everything written so far to disk.
@@ -121,7 +207,7 @@ impl SnapshotStore {
     ///
     /// [`StoreError::Unavailable`] on I/O.
     pub fn persist(&self) -> Result<()> {
-        self.db.persist(PersistMode::SyncAll).map_err(fjall_err)
+        self.write(|o| o.db.persist(PersistMode::SyncAll).map_err(fjall_err))
     }
 }
 

@@ -10,27 +10,38 @@
 //! | `aggregate_hot_cache_total` | counter | `aggregate_type`, `tenant_id`, `result` (`hit`/`miss`) |
 //! | `aggregate_limit_breaches_total` | counter | `aggregate_type`, `tenant_id`, `kind` |
 //! | `aggregate_tenant_errors_total` | counter | `tenant_id`, `problem` |
+//! | `aggregate_foreign_state_rebuilds_total` | counter | `aggregate_type` |
 //! | `aggregate_component_compile_duration_seconds` | histogram | — |
 //! | `aggregate_component_deploys_total` | counter | `aggregate_type`, `outcome` |
-//! | `aggregate_component_cache_total` | counter | `result` (`compiled`/`artifact`) |
+//! | `aggregate_component_cache_total` | counter | `result` (`compiled`/`artifact`/`compile-failed`/`refusal-remembered`) |
 //! | `aggregate_instance_pool_total` | counter | `result` (`hit`/`miss`) |
+//! | `aggregate_nats_breaker_state` | gauge (1 for the current state, else 0) | `state` (`closed`/`open`/`half-open`) |
+//! | `aggregate_nats_breaker_transitions_total` | counter | `from`, `to` (the same three states) |
 //!
 //! The single tenant (no `x-tenant-id`) is labelled `=single`: tenant ids are made of
 //! `[A-Za-z0-9_-]`, so no real tenant can have that label.
+//!
+//! Label values grow only from accepted work, so no caller can inflate the series: a tenant is
+//! its own label once it has an accepted command or readable data on this host (or is in the
+//! configured tenant list), else [`OTHER_TENANT_LABEL`]; an aggregate type is its own label only
+//! when it is deployed, else [`UNKNOWN_TYPE_LABEL`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::runtime::RuntimeStats;
 use crate::service::ServiceObserver;
+use crate::store::breaker::{BreakerObserver, BreakerState};
 use crate::types::{AggregateRef, AggregateType, TenantId};
 
-/// The label value of a tenant (`=single` for the single tenant).
+/// The label value of a tenant (`=single` for the single tenant), before the known-tenant check
+/// of [`Metrics`].
 pub fn tenant_label(tenant: &TenantId) -> &str {
     if tenant.is_single() {
         "=single"
@@ -38,6 +49,13 @@ pub fn tenant_label(tenant: &TenantId) -> &str {
         tenant.as_str()
     }
 }
+
+/// The `tenant_id` label of a tenant with no accepted work on this host yet.
+pub const OTHER_TENANT_LABEL: &str = "=other";
+/// The `tenant_id` label of a malformed `x-tenant-id`.
+pub const INVALID_TENANT_LABEL: &str = "=invalid";
+/// The `aggregate_type` label of a type that is not deployed.
+pub const UNKNOWN_TYPE_LABEL: &str = "=unknown";
 
 /// The `outcome` label of `aggregate_commands_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +111,15 @@ pub struct Metrics {
     hot_cache: IntCounterVec,
     limit_breaches: IntCounterVec,
     tenant_errors: IntCounterVec,
+    foreign_rebuilds: IntCounterVec,
     compile: Histogram,
     deploys: IntCounterVec,
     component_cache: IntCounterVec,
     instance_pool: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    /// Tenants with accepted work: the only tenant ids used as label values.
+    known_tenants: parking_lot::RwLock<HashSet<TenantId>>,
 }
 
 const TYPE_TENANT: &[&str] = &["aggregate_type", "tenant_id"];
@@ -168,6 +191,11 @@ impl Metrics {
             "Gateway requests answered with an error, by tenant and problem type.",
             &["tenant_id", "problem"],
         );
+        let foreign_rebuilds = counter(
+            "aggregate_foreign_state_rebuilds_total",
+            "States built by another component (snapshot or hot cache) that the active component failed on, rebuilt from the events.",
+            &["aggregate_type"],
+        );
         let compile = Histogram::with_opts(
             HistogramOpts::new(
                 "aggregate_component_compile_duration_seconds",
@@ -186,13 +214,29 @@ impl Metrics {
         );
         let component_cache = counter(
             "aggregate_component_cache_total",
-            "Components loaded into the engine, by source: compiled (cache miss) or precompiled artifact (hit).",
+            "Component loads by result: compiled (cache miss), precompiled artifact (hit), compile-failed, or refusal-remembered (the same bytes were refused before: refused again without reading or compiling them).",
             &["result"],
         );
         let instance_pool = counter(
             "aggregate_instance_pool_total",
             "Guest calls by instance source: a warm pooled instance (hit) or a new one (miss).",
             &["result"],
+        );
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "aggregate_nats_breaker_state",
+                "State of the breaker in front of NATS: 1 for the current state (closed: commands go through; open: refused at once; half-open: probing), 0 for the others. Absent without NATS.",
+            ),
+            &["state"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(breaker_state.clone()))
+            .expect("unique metric");
+        let breaker_transitions = counter(
+            "aggregate_nats_breaker_transitions_total",
+            "State changes of the breaker in front of NATS, by previous and new state.",
+            &["from", "to"],
         );
         Arc::new(Self {
             registry,
@@ -204,38 +248,75 @@ impl Metrics {
             hot_cache,
             limit_breaches,
             tenant_errors,
+            foreign_rebuilds,
             compile,
             deploys,
             component_cache,
             instance_pool,
+            breaker_state,
+            breaker_transitions,
+            known_tenants: parking_lot::RwLock::new(HashSet::new()),
         })
     }
 
-    /// Count a command and its duration.
+    /// Use `tenant` as a label value from now on (it has accepted work, or is configured).
+    pub fn know_tenant(&self, tenant: &TenantId) {
+        if tenant.is_single() || self.known_tenants.read().contains(tenant) {
+            return;
+        }
+        self.known_tenants.write().insert(tenant.clone());
+    }
+
+    /// The label of `tenant`: its id once known ([`Metrics::know_tenant`]), else
+    /// [`OTHER_TENANT_LABEL`].
+    pub fn tenant_label<'a>(&self, tenant: &'a TenantId) -> &'a str {
+        if tenant.is_single() || self.known_tenants.read().contains(tenant) {
+            tenant_label(tenant)
+        } else {
+            OTHER_TENANT_LABEL
+        }
+    }
+
+    /// The label of a raw `x-tenant-id` value: as [`Metrics::tenant_label`], `=single` when
+    /// absent, [`INVALID_TENANT_LABEL`] when malformed.
+    pub fn raw_tenant_label<'a>(&self, raw: Option<&'a str>) -> &'a str {
+        match raw {
+            None | Some("") => "=single",
+            Some(t) => match TenantId::new(t) {
+                Err(_) => INVALID_TENANT_LABEL,
+                Ok(id) if self.known_tenants.read().contains(&id) => t,
+                Ok(_) => OTHER_TENANT_LABEL,
+            },
+        }
+    }
+
+    /// Count a command and its duration. `ty` is a label value: the aggregate type when it is
+    /// deployed, else [`UNKNOWN_TYPE_LABEL`] (the caller knows which).
     pub fn command(
         &self,
-        ty: &AggregateType,
+        ty: &str,
         tenant: &TenantId,
         outcome: CommandOutcomeLabel,
         elapsed: Duration,
     ) {
-        let t = tenant_label(tenant);
+        let t = self.tenant_label(tenant);
         self.commands
-            .with_label_values(&[ty.as_str(), t, outcome.as_str()])
+            .with_label_values(&[ty, t, outcome.as_str()])
             .inc();
         self.command_duration
-            .with_label_values(&[ty.as_str(), t])
+            .with_label_values(&[ty, t])
             .observe(elapsed.as_secs_f64());
     }
 
     /// Count a limit breach of kind `kind` (`fuel`, `memory`, `timeout`, ...).
     pub fn limit_breach(&self, ty: &AggregateType, tenant: &TenantId, kind: &str) {
         self.limit_breaches
-            .with_label_values(&[ty.as_str(), tenant_label(tenant), kind])
+            .with_label_values(&[ty.as_str(), self.tenant_label(tenant), kind])
             .inc();
     }
 
-    /// Count an error answer to a tenant's request (`tenant` is a label value, see [`tenant_label`]).
+    /// Count an error answer to a tenant's request (`tenant` is a label value, see
+    /// [`Metrics::raw_tenant_label`]).
     pub fn tenant_error(&self, tenant: &str, problem: &str) {
         self.tenant_errors
             .with_label_values(&[tenant, problem])
@@ -271,6 +352,16 @@ impl Metrics {
             stats.artifact_loads,
         );
         catch_up(
+            &self.component_cache.with_label_values(&["compile-failed"]),
+            stats.compile_failures,
+        );
+        catch_up(
+            &self
+                .component_cache
+                .with_label_values(&["refusal-remembered"]),
+            stats.refusals_remembered,
+        );
+        catch_up(
             &self.instance_pool.with_label_values(&["hit"]),
             stats.pool_hits,
         );
@@ -288,12 +379,27 @@ impl Metrics {
     }
 }
 
+impl BreakerObserver for Metrics {
+    fn breaker_transition(&self, from: BreakerState, to: BreakerState) {
+        for state in BreakerState::ALL {
+            self.breaker_state
+                .with_label_values(&[state.as_str()])
+                .set(i64::from(state == to));
+        }
+        if from != to {
+            self.breaker_transitions
+                .with_label_values(&[from.as_str(), to.as_str()])
+                .inc();
+        }
+    }
+}
+
 impl ServiceObserver for Metrics {
     fn decided(&self, aggregate: &AggregateRef, fuel: u64) {
         self.decide_fuel
             .with_label_values(&[
                 aggregate.aggregate_type.as_str(),
-                tenant_label(&aggregate.tenant),
+                self.tenant_label(&aggregate.tenant),
             ])
             .observe(fuel as f64);
     }
@@ -303,7 +409,7 @@ impl ServiceObserver for Metrics {
         self.hot_cache
             .with_label_values(&[
                 aggregate.aggregate_type.as_str(),
-                tenant_label(&aggregate.tenant),
+                self.tenant_label(&aggregate.tenant),
                 result,
             ])
             .inc();
@@ -313,16 +419,22 @@ impl ServiceObserver for Metrics {
         self.rehydration
             .with_label_values(&[
                 aggregate.aggregate_type.as_str(),
-                tenant_label(&aggregate.tenant),
+                self.tenant_label(&aggregate.tenant),
             ])
             .observe(elapsed.as_secs_f64());
+    }
+
+    fn foreign_state_rebuilt(&self, aggregate: &AggregateRef) {
+        self.foreign_rebuilds
+            .with_label_values(&[aggregate.aggregate_type.as_str()])
+            .inc();
     }
 
     fn conflict(&self, aggregate: &AggregateRef) {
         self.conflicts
             .with_label_values(&[
                 aggregate.aggregate_type.as_str(),
-                tenant_label(&aggregate.tenant),
+                self.tenant_label(&aggregate.tenant),
             ])
             .inc();
     }
@@ -338,14 +450,15 @@ mod tests {
         let m = Metrics::new();
         let ty = AggregateType::new("bank-account").unwrap();
         let acme = TenantId::new("acme").unwrap();
+        m.know_tenant(&acme);
         m.command(
-            &ty,
+            ty.as_str(),
             &acme,
             CommandOutcomeLabel::Accepted,
             Duration::from_millis(3),
         );
         m.command(
-            &ty,
+            ty.as_str(),
             &TenantId::single(),
             CommandOutcomeLabel::Rejected,
             Duration::from_millis(1),
@@ -368,6 +481,8 @@ mod tests {
             pool_hits: 5,
             ..Default::default()
         });
+        m.breaker_transition(BreakerState::Closed, BreakerState::Closed);
+        m.breaker_transition(BreakerState::Closed, BreakerState::Open);
         let text = m.render();
         for needle in [
             r#"aggregate_commands_total{aggregate_type="bank-account",outcome="accepted",tenant_id="acme"} 1"#,
@@ -377,8 +492,38 @@ mod tests {
             r#"aggregate_limit_breaches_total{aggregate_type="bank-account",kind="fuel",tenant_id="acme"} 1"#,
             r#"aggregate_component_cache_total{result="compiled"} 3"#,
             r#"aggregate_instance_pool_total{result="hit"} 5"#,
+            r#"aggregate_nats_breaker_state{state="open"} 1"#,
+            r#"aggregate_nats_breaker_state{state="closed"} 0"#,
+            r#"aggregate_nats_breaker_state{state="half-open"} 0"#,
+            r#"aggregate_nats_breaker_transitions_total{from="closed",to="open"} 1"#,
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn unknown_tenants_share_one_label_until_they_have_accepted_work() {
+        let m = Metrics::new();
+        let ty = AggregateType::new("bank-account").unwrap();
+        for i in 0..50 {
+            let t = TenantId::new(format!("made-up-{i}")).unwrap();
+            m.command(
+                UNKNOWN_TYPE_LABEL,
+                &t,
+                CommandOutcomeLabel::Refused,
+                Duration::from_millis(1),
+            );
+            m.limit_breach(&ty, &t, "fuel");
+            m.tenant_error(m.raw_tenant_label(Some(t.as_str())), "unknown-aggregate-type");
+        }
+        m.tenant_error(m.raw_tenant_label(Some("not a tenant!")), "invalid-input");
+        let text = m.render();
+        assert!(!text.contains("made-up-"), "{text}");
+        assert!(text.contains(r#"aggregate_commands_total{aggregate_type="=unknown",outcome="refused",tenant_id="=other"} 50"#), "{text}");
+        assert!(text.contains(r#"aggregate_tenant_errors_total{problem="invalid-input",tenant_id="=invalid"} 1"#), "{text}");
+        let acme = TenantId::new("made-up-7").unwrap();
+        m.know_tenant(&acme);
+        m.limit_breach(&ty, &acme, "fuel");
+        assert!(m.render().contains(r#"tenant_id="made-up-7""#));
     }
 }

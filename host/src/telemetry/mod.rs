@@ -3,7 +3,10 @@
 
 mod metrics;
 
-pub use self::metrics::{tenant_label, CommandOutcomeLabel, Metrics};
+pub use self::metrics::{
+    tenant_label, CommandOutcomeLabel, Metrics, INVALID_TENANT_LABEL, OTHER_TENANT_LABEL,
+    UNKNOWN_TYPE_LABEL,
+};
 
 use crate::config::LogFormat;
 

@@ -60,15 +60,47 @@ impl NatsServer {
     }
 
     fn start_with(binary: PathBuf) -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            dir,
-            binary,
-        };
+        let mut server = Self::unstarted(binary);
         server.spawn();
         server
+    }
+
+    fn unstarted(binary: PathBuf) -> Self {
+        Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            binary,
+        }
+    }
+
+    /// A port and a store directory for a server that is not started yet ([`NatsServer::start`]
+    /// starts it), or why not, as [`NatsServer::start_or_skip`].
+    pub fn reserve_or_skip(what: &str) -> Option<Self> {
+        match binary() {
+            Some(binary) => Some(Self::unstarted(binary)),
+            // No binary: `start_or_skip` explains, and panics under CI.
+            None => Self::start_or_skip(what),
+        }
+    }
+
+    /// Start the server (on its port and store directory) if it is not running; returns once it
+    /// accepts connections.
+    pub fn start(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
+    /// Send a signal (e.g. `STOP`, `CONT`) to the running server.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("nats-server is running");
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} nats-server failed");
     }
 
     fn spawn(&mut self) {

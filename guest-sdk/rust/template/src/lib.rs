@@ -2,6 +2,9 @@
 //!
 //! Build the component with `aggregate-host build` (or `cargo build --target wasm32-wasip2
 //! --release`); run the tests natively with `cargo test`.
+//!
+//! Arithmetic on the state is checked: an `add` that would overflow the counter is rejected
+//! rather than wrapped (`i64` addition wraps in a release build and panics in a debug one).
 
 use aggregate_sdk::{Aggregate, DecideError};
 use serde::{Deserialize, Serialize};
@@ -43,18 +46,30 @@ impl Aggregate for Counter {
     type Command = Command;
     type Event = Event;
 
-    fn decide(_state: &State, command: Command) -> Result<Vec<Event>, DecideError> {
+    fn decide(state: &State, command: Command) -> Result<Vec<Event>, DecideError> {
         match command {
-            Command::Add { by } if by > 0 => Ok(vec![Event::Added { by }]),
-            Command::Add { by } => Err(DecideError::invalid(format!(
+            Command::Add { by } if by <= 0 => Err(DecideError::invalid(format!(
                 "by must be positive, got {by}"
             ))),
+            Command::Add { by } => match state.value.checked_add(by) {
+                Some(_) => Ok(vec![Event::Added { by }]),
+                None => Err(DecideError::rejected(format!(
+                    "counter would overflow: value {}, adding {by}",
+                    state.value
+                ))),
+            },
         }
     }
 
     fn apply(state: &mut State, event: Event) {
         match event {
-            Event::Added { by } => state.value += by,
+            // `decide` never lets an `added` overflow; `apply` cannot return an error, so a
+            // history from elsewhere that would overflow stops it with a panic naming the event.
+            Event::Added { by } => {
+                state.value = state.value.checked_add(by).unwrap_or_else(|| {
+                    panic!("counter would overflow: value {}, added {by}", state.value)
+                });
+            }
         }
     }
 }
@@ -72,6 +87,25 @@ mod tests {
             .when(Command::Add { by: 2 })
             .then([Event::Added { by: 2 }])
             .then_state(State { value: 3 });
+    }
+
+    #[test]
+    fn adding_past_the_largest_value_is_rejected() {
+        given::<Counter>([Event::Added { by: i64::MAX - 1 }])
+            .when(Command::Add { by: 1 })
+            .then([Event::Added { by: 1 }])
+            .then_state(State { value: i64::MAX });
+        given::<Counter>([Event::Added { by: i64::MAX }])
+            .when(Command::Add { by: 1 })
+            .then_error(DecideError::rejected(
+                "counter would overflow: value 9223372036854775807, adding 1",
+            ));
+    }
+
+    #[test]
+    #[should_panic(expected = "counter would overflow: value 9223372036854775807, added 1")]
+    fn apply_never_wraps() {
+        let _ = given::<Counter>([Event::Added { by: i64::MAX }, Event::Added { by: 1 }]).state();
     }
 
     #[test]
