@@ -193,6 +193,25 @@ async fn compiles_under_load(slots: usize) {
         .await
         .expect("open");
     let idle_rss = status_kib(s.pid(), "VmRSS:");
+    // The same writer for 5 s with no upload: the baseline.
+    let mut idle = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        let c = Instant::now();
+        s.client
+            .send(
+                "bank-account",
+                &id,
+                "deposit",
+                &serde_json::json!({"amount": 1}),
+            )
+            .await
+            .expect("deposit");
+        idle.push(c.elapsed());
+    }
+    let idle_rate = idle.len() as f64 / t.elapsed().as_secs_f64();
+    idle.sort();
+    let idle_p99 = idle[(idle.len() - 1) * 99 / 100].as_secs_f64() * 1e3;
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (client, stop, id) = (s.client.clone(), stop.clone(), id.clone());
@@ -236,7 +255,7 @@ async fn compiles_under_load(slots: usize) {
     lat.sort();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
     println!(
-        "| {slots} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.2} | {:.2} | {:.1} |",
+        "| {slots} | {:.1} | {:.1} | {:.1} | {idle_rate:.0} / {idle_p99:.2} | {} | {:.1} | {:.2} | {:.2} | {:.1} |",
         wall.as_secs_f64(),
         mib(idle_rss),
         mib(status_kib(s.pid(), "VmHWM:")),
@@ -267,8 +286,8 @@ fn main() {
         .unwrap();
     rt.block_on(refusal_and_compile());
     println!();
-    println!("| max_concurrent_compiles | 3 JS uploads, wall (s) | VmRSS idle (MiB) | VmHWM peak (MiB) | commands meanwhile | commands/s | p50 ms | p99 ms | max ms |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| max_concurrent_compiles | 3 JS uploads, wall (s) | VmRSS idle (MiB) | VmHWM peak (MiB) | no upload: commands/s / p99 ms | commands meanwhile | commands/s | p50 ms | p99 ms | max ms |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for slots in [1, 3] {
         rt.block_on(compiles_under_load(slots));
     }

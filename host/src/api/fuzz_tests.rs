@@ -110,8 +110,7 @@ async fn target(multi: bool) -> Target {
         let id = crate::types::AggregateId::generate().to_string();
         let (status, body) = round_trip(&t, multi, &id, "open", json!({ "owner": owner })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        let (status, body) =
-            round_trip(&t, multi, &id, "deposit", json!({ "amount": 1000 })).await;
+        let (status, body) = round_trip(&t, multi, &id, "deposit", json!({ "amount": 1000 })).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         t.accounts.push(id);
     }
@@ -137,7 +136,10 @@ async fn round_trip(
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,10 +193,7 @@ fn abbreviate(s: &str) -> String {
         return format!("{s:?}");
     }
     let head: String = s.chars().take(KEEP).collect();
-    let tail: String = s
-        .chars()
-        .skip(s.chars().count() - KEEP)
-        .collect::<String>();
+    let tail: String = s.chars().skip(s.chars().count() - KEEP).collect::<String>();
     format!("{head:?} ... {tail:?} ({} bytes)", s.len())
 }
 
@@ -344,6 +343,19 @@ impl Case {
             Route::Stray { .. } => return None,
         })
     }
+
+    /// The route's name, for the statistics of a run.
+    fn kind(&self) -> &'static str {
+        match self.route {
+            Route::Submit { .. } => "submit",
+            Route::State { .. } => "state",
+            Route::Events { .. } => "events",
+            Route::Stream { .. } => "stream",
+            Route::Problem { .. } => "problem",
+            Route::OpenApi => "openapi",
+            Route::Stray { .. } => "stray",
+        }
+    }
 }
 
 fn with_query(query: &str) -> String {
@@ -359,17 +371,21 @@ fn with_query(query: &str) -> String {
 
 /// A long run of one character: path segments far past every length limit, yet short enough
 /// that a URI of a few of them stays under the `http` crate's 64 KiB.
-fn long_text() -> impl Strategy<Value = String> {
+fn long_text() -> BoxedStrategy<String> {
     prop_oneof![
-        (prop::sample::select(vec!['a', '0', '-', '.', '_']), 65usize..12_000),
+        (
+            prop::sample::select(vec!['a', '0', '-', '.', '_']),
+            65usize..12_000
+        ),
         (Just('é'), 33usize..2_000),
     ]
     .prop_map(|(c, n)| std::iter::repeat_n(c, n).collect())
+    .boxed()
 }
 
 /// Segments no route should take: empty, dot segments, arbitrary Unicode, percent-encoded
 /// junk (often not UTF-8 once decoded), very long ones.
-fn junk_segment() -> impl Strategy<Value = Segment> {
+fn junk_segment() -> BoxedStrategy<Segment> {
     prop_oneof![
         Just(Segment::Text(String::new())),
         Just(Segment::Raw("..".into())),
@@ -383,10 +399,11 @@ fn junk_segment() -> impl Strategy<Value = Segment> {
         "(%[0-9A-Fa-f]{2}){1,24}".prop_map(Segment::Raw),
         long_text().prop_map(Segment::Text),
     ]
+    .boxed()
 }
 
 /// Valid names, names just outside the rules, and junk.
-fn aggregate_type() -> impl Strategy<Value = Segment> {
+fn aggregate_type() -> BoxedStrategy<Segment> {
     prop_oneof![
         6 => Just(Segment::Text("bank-account".into())),
         2 => "[a-z][a-z0-9_-]{0,63}".prop_map(Segment::Text),
@@ -395,6 +412,7 @@ fn aggregate_type() -> impl Strategy<Value = Segment> {
         1 => Just(Segment::Text("BANK-ACCOUNT".into())),
         3 => junk_segment(),
     ]
+    .boxed()
 }
 
 /// The text of a UUID with the given version nibble.
@@ -405,7 +423,7 @@ fn uuid_with_version(bits: u128, version: u8) -> String {
 }
 
 /// Existing aggregates, fresh v7 ids, UUIDs of other versions and forms, near-misses, junk.
-fn aggregate_id(accounts: Vec<String>) -> impl Strategy<Value = Segment> {
+fn aggregate_id(accounts: Vec<String>) -> BoxedStrategy<Segment> {
     prop_oneof![
         4 => prop::sample::select(accounts).prop_map(Segment::Text),
         3 => any::<u128>().prop_map(|b| Segment::Text(uuid_with_version(b, 7))),
@@ -425,9 +443,10 @@ fn aggregate_id(accounts: Vec<String>) -> impl Strategy<Value = Segment> {
         }),
         2 => junk_segment(),
     ]
+    .boxed()
 }
 
-fn command_type() -> impl Strategy<Value = Segment> {
+fn command_type() -> BoxedStrategy<Segment> {
     prop_oneof![
         6 => prop::sample::select(vec!["open", "deposit", "withdraw"])
             .prop_map(|c| Segment::Text(c.into())),
@@ -435,14 +454,16 @@ fn command_type() -> impl Strategy<Value = Segment> {
         1 => "[a-z]{129,200}".prop_map(Segment::Text),
         2 => junk_segment(),
     ]
+    .boxed()
 }
 
 /// Bytes a header value may hold (tab, visible ASCII, space, obs-text).
-fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+fn header_bytes() -> BoxedStrategy<Vec<u8>> {
     prop::collection::vec(
         prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff],
         0..80,
     )
+    .boxed()
 }
 
 fn text(s: impl Into<String>) -> Bytes {
@@ -450,7 +471,7 @@ fn text(s: impl Into<String>) -> Bytes {
 }
 
 /// JSON numbers at and past every edge an amount has.
-fn json_number() -> impl Strategy<Value = String> {
+fn json_number() -> BoxedStrategy<String> {
     prop_oneof![
         any::<i64>().prop_map(|n| n.to_string()),
         any::<u64>().prop_map(|n| n.to_string()),
@@ -478,10 +499,11 @@ fn json_number() -> impl Strategy<Value = String> {
         .prop_map(str::to_owned),
         (1usize..400).prop_map(|n| "9".repeat(n)),
     ]
+    .boxed()
 }
 
 /// Any JSON value, a few levels deep.
-fn json_value() -> impl Strategy<Value = Value> {
+fn json_value() -> BoxedStrategy<Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -507,6 +529,7 @@ fn json_value() -> impl Strategy<Value = Value> {
             .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+    .boxed()
 }
 
 /// JSON nested `depth` deep, either bare or as an amount.
@@ -533,7 +556,7 @@ fn sized_open(len: usize, c: char) -> String {
 
 /// Command bodies: bank-account payloads with odd values, other JSON, deep JSON, non-JSON, sizes
 /// around the limit.
-fn body() -> impl Strategy<Value = Bytes> {
+fn body() -> BoxedStrategy<Bytes> {
     prop_oneof![
         6 => json_number().prop_map(|n| text(format!(r#"{{"amount":{n}}}"#))),
         3 => prop_oneof![
@@ -566,10 +589,11 @@ fn body() -> impl Strategy<Value = Bytes> {
         1 => (0usize..=32, prop::sample::select(vec!['x', 'é', '€']))
             .prop_map(|(d, c)| text(sized_open(BODY_LIMIT - 16 + d, c))),
     ]
+    .boxed()
 }
 
 /// Gateway headers, each absent, well-formed or malformed.
-fn headers() -> impl Strategy<Value = Vec<(&'static str, Bytes)>> {
+fn headers() -> BoxedStrategy<Vec<(&'static str, Bytes)>> {
     let raw = || header_bytes().prop_map(Bytes);
     let tenant = prop_oneof![
         3 => prop::sample::select(HOSTED.to_vec()).prop_map(text),
@@ -641,18 +665,20 @@ fn headers() -> impl Strategy<Value = Vec<(&'static str, Bytes)>> {
             .filter_map(|(name, value)| value.map(|v| (name, v)))
             .collect()
         })
+        .boxed()
 }
 
 /// A query value: a number, something near one, or URI-legal junk.
-fn query_value() -> impl Strategy<Value = String> {
+fn query_value() -> BoxedStrategy<String> {
     prop_oneof![
         3 => (0u64..12).prop_map(|n| n.to_string()),
         1 => json_number(),
         1 => "[A-Za-z0-9%._~+-]{0,20}",
     ]
+    .boxed()
 }
 
-fn events_query() -> impl Strategy<Value = String> {
+fn events_query() -> BoxedStrategy<String> {
     prop_oneof![
         2 => Just(String::new()),
         2 => query_value().prop_map(|a| format!("after={a}")),
@@ -672,9 +698,10 @@ fn events_query() -> impl Strategy<Value = String> {
         .prop_map(str::to_owned),
         1 => "[A-Za-z0-9%=&._~+-]{0,40}",
     ]
+    .boxed()
 }
 
-fn stream_query(accounts: Vec<String>) -> impl Strategy<Value = String> {
+fn stream_query(accounts: Vec<String>) -> BoxedStrategy<String> {
     (
         prop::option::of(aggregate_type()),
         prop::option::of(aggregate_id(accounts)),
@@ -691,19 +718,21 @@ fn stream_query(accounts: Vec<String>) -> impl Strategy<Value = String> {
             parts.extend(extra);
             parts.join("&")
         })
+        .boxed()
 }
 
-fn problem_slug() -> impl Strategy<Value = Segment> {
+fn problem_slug() -> BoxedStrategy<Segment> {
     prop_oneof![
         3 => prop::sample::select(ProblemType::ALL.to_vec())
             .prop_map(|p| Segment::Text(p.slug().to_string())),
         1 => "[a-z-]{0,30}".prop_map(Segment::Text),
         1 => junk_segment(),
     ]
+    .boxed()
 }
 
 /// Any method on the gateway's paths and on paths it does not have.
-fn stray(accounts: Vec<String>) -> impl Strategy<Value = Route> {
+fn stray(accounts: Vec<String>) -> BoxedStrategy<Route> {
     let method = prop_oneof![
         prop::sample::select(vec![
             Method::GET,
@@ -756,10 +785,12 @@ fn stray(accounts: Vec<String>) -> impl Strategy<Value = Route> {
                 .collect::<String>()
         }),
     ];
-    (method, path, body()).prop_map(|(method, path, body)| Route::Stray { method, path, body })
+    (method, path, body())
+        .prop_map(|(method, path, body)| Route::Stray { method, path, body })
+        .boxed()
 }
 
-fn route(accounts: Vec<String>) -> impl Strategy<Value = Route> {
+fn route(accounts: Vec<String>) -> BoxedStrategy<Route> {
     let a = accounts;
     prop_oneof![
         10 => (aggregate_type(), aggregate_id(a.clone()), command_type(), body()).prop_map(
@@ -788,14 +819,76 @@ fn route(accounts: Vec<String>) -> impl Strategy<Value = Route> {
         1 => Just(Route::OpenApi),
         2 => stray(a),
     ]
+    .boxed()
 }
 
-fn case(accounts: Vec<String>) -> impl Strategy<Value = Case> {
-    (any::<bool>(), route(accounts), headers()).prop_map(|(multi, route, headers)| Case {
-        multi,
-        route,
+/// Commands that pass the host's own checks and reach the aggregate: bank-account, an account
+/// that exists or a fresh id, a real command, a payload with odd but well-formed values, and
+/// well-formed headers (a shared command id, a stale or current expected version).
+fn plausible_command(accounts: Vec<String>) -> BoxedStrategy<(Route, Vec<(&'static str, Bytes)>)> {
+    let id = prop_oneof![
+        3 => prop::sample::select(accounts).prop_map(Segment::Text),
+        1 => any::<u128>().prop_map(|b| Segment::Text(uuid_with_version(b, 7))),
+    ];
+    let payload = prop_oneof![
+        4 => (1i64..5_000).prop_map(|n| text(format!(r#"{{"amount":{n}}}"#))),
+        2 => json_number().prop_map(|n| text(format!(r#"{{"amount":{n}}}"#))),
+        2 => "\\PC{0,24}".prop_map(|owner| text(json!({ "owner": owner }).to_string())),
+        1 => json_value().prop_map(|v| text(json!({ "amount": v, "owner": v }).to_string())),
+    ];
+    let headers = (
+        prop::option::weighted(
+            0.3,
+            prop_oneof![
+                prop::sample::select(SHARED_COMMAND_IDS.to_vec()).prop_map(text),
+                any::<u128>().prop_map(|b| text(uuid::Uuid::from_u128(b).to_string())),
+            ],
+        ),
+        prop::option::weighted(0.2, (0u64..8).prop_map(|v| text(v.to_string()))),
+        prop::option::weighted(0.3, "[!-~]{1,64}".prop_map(text)),
+        prop::option::weighted(0.3, "00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]".prop_map(text)),
+    )
+        .prop_map(|(c, e, r, p)| {
+            [
+                ("x-command-id", c),
+                ("x-expected-version", e),
+                ("x-correlation-id", r),
+                ("traceparent", p),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|v| (name, v)))
+            .collect::<Vec<_>>()
+        });
+    (
+        id,
+        prop::sample::select(vec!["open", "deposit", "withdraw"]),
+        payload,
         headers,
-    })
+    )
+        .prop_map(|(aggregate_id, command, body, headers)| {
+            let route = Route::Submit {
+                aggregate_type: Segment::Text("bank-account".into()),
+                aggregate_id,
+                command: Segment::Text(command.into()),
+                body,
+            };
+            (route, headers)
+        })
+        .boxed()
+}
+
+fn case(accounts: Vec<String>) -> BoxedStrategy<Case> {
+    let request = prop_oneof![
+        3 => (route(accounts.clone()), headers()),
+        1 => plausible_command(accounts),
+    ];
+    (any::<bool>(), request)
+        .prop_map(|(multi, (route, headers))| Case {
+            multi,
+            route,
+            headers,
+        })
+        .boxed()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -819,12 +912,12 @@ fn documented_statuses() -> BTreeMap<(String, String), BTreeSet<u16>> {
     out
 }
 
-/// Send `case` to its host and check the answer.
+/// Send `case` to its host and check the answer; the answer's status.
 async fn check(
     case: &Case,
     target: &Target,
     documented: &BTreeMap<(String, String), BTreeSet<u16>>,
-) -> Result<(), TestCaseError> {
+) -> Result<StatusCode, TestCaseError> {
     let request = case.request();
     let is_head = request.method() == Method::HEAD;
     let started = Instant::now();
@@ -876,7 +969,7 @@ async fn check(
         );
     }
     if is_head {
-        return Ok(());
+        return Ok(status);
     }
     if status.is_client_error() {
         prop_assert_eq!(content_type, PROBLEM_JSON, "{}", shown);
@@ -919,7 +1012,7 @@ async fn check(
             );
         }
     }
-    Ok(())
+    Ok(status)
 }
 
 fn cases() -> u32 {
@@ -952,20 +1045,46 @@ fn gateway_survives_arbitrary_requests() {
         ..ProptestConfig::with_cases(cases())
     };
     let mut runner = TestRunner::new(config);
+    let seen: std::sync::Mutex<BTreeMap<(&str, u16), u32>> = Default::default();
     let started = Instant::now();
     let result = runner.run(&case(accounts), |case| {
         let target = if case.multi { &multi } else { &single };
-        rt.block_on(check(&case, target, &documented))
+        let status = rt.block_on(check(&case, target, &documented))?;
+        *seen
+            .lock()
+            .unwrap()
+            .entry((case.kind(), status.as_u16()))
+            .or_default() += 1;
+        Ok(())
     });
     let elapsed = started.elapsed();
     if let Err(e) = result {
         panic!("{e}");
     }
+    let seen = seen.into_inner().unwrap();
     eprintln!(
-        "gateway fuzz: {} cases in {:.1} s",
+        "gateway fuzz: {} cases in {:.1} s; (route, status) → count: {seen:?}",
         cases(),
         elapsed.as_secs_f64()
     );
+    // The generators reach past the validation: commands are accepted, rejected by the
+    // aggregate and found invalid by it, and reads find state and events.
+    if cases() >= DEFAULT_CASES {
+        for (route, status) in [
+            ("submit", 200),
+            ("submit", 422),
+            ("submit", 409),
+            ("state", 200),
+            ("events", 200),
+            ("stream", 200),
+            ("problem", 200),
+        ] {
+            assert!(
+                seen.contains_key(&(route, status)),
+                "no {route} case was answered {status}: {seen:?}"
+            );
+        }
+    }
 
     // Both hosts still serve: a fresh account opens, takes a deposit and reads back.
     for (t, multi) in [(&single, false), (&multi, true)] {
@@ -996,4 +1115,92 @@ fn gateway_survives_arbitrary_requests() {
             );
         });
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regressions: what the fuzzing (here and schemathesis in the e2e suite) found, kept as plain tests.
+
+/// The status and JSON body `router` answers `request` with.
+async fn answer(router: &Router, request: Request<Body>) -> (StatusCode, Value) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+/// A command body that is JSON but not an object is invalid input, before the version check:
+/// `[null, null]` with `x-expected-version: 0` on an open account was a 409.
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_invalid_input() {
+    let t = target(false).await;
+    let id = &t.accounts[0];
+    for body in ["[null, null]", "42", "\"deposit\"", "null", " [] "] {
+        let request = Request::post(format!("/aggregates/bank-account/{id}/commands/deposit"))
+            .header("x-expected-version", "0")
+            .body(Body::from(body))
+            .unwrap();
+        let (status, problem) = answer(&t.gateway, request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {problem}");
+        assert_eq!(problem["type"], "/problems/invalid-input", "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("JSON object"),
+            "{problem}"
+        );
+    }
+    // An empty body is still `{}`: the deposit reaches the aggregate, which wants an amount.
+    let request = Request::post(format!("/aggregates/bank-account/{id}/commands/deposit"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, problem) = answer(&t.gateway, request).await;
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("/problems/invalid-command")),
+        "{problem}"
+    );
+}
+
+/// `/admin/drain` and `/admin/resume` take a JSON object only: serde would have read the
+/// `DrainRequest` struct from an array (`[null, null]` drained the single tenant).
+#[tokio::test]
+async fn drain_and_resume_refuse_a_body_that_is_not_an_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().to_path_buf(),
+        admin_token: Some(TOKEN.into()),
+        ..Config::default()
+    };
+    let host = Host::open(config).await.unwrap();
+    let admin = admin(AppState::new(&host, Metrics::new()));
+    for path in ["/admin/drain", "/admin/resume"] {
+        for body in ["[null, null]", "[\"acme\", 5]", "7"] {
+            let request = Request::post(path)
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .body(Body::from(body))
+                .unwrap();
+            let (status, problem) = answer(&admin, request).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {problem}");
+            assert_eq!(problem["type"], "/problems/invalid-input", "{problem}");
+        }
+    }
+    let (_, tenants) = answer(
+        &admin,
+        Request::get("/admin/tenants")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        tenants["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["draining"] != true),
+        "nothing was drained: {tenants}"
+    );
 }

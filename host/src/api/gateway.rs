@@ -194,8 +194,12 @@ async fn run_command(
             ApiError::TenantDraining(_) | ApiError::ShuttingDown => CommandOutcomeLabel::Refused,
             _ => CommandOutcomeLabel::Invalid,
         };
-        st.0.metrics
-            .command(st.type_label(&target.aggregate_type), &tenant, label, started.elapsed());
+        st.0.metrics.command(
+            st.type_label(&target.aggregate_type),
+            &tenant,
+            label,
+            started.elapsed(),
+        );
         e
     };
     check_command_type(&command_type).map_err(|e| refused(e.into()))?;
@@ -228,8 +232,15 @@ async fn run_command(
     } else {
         let text = String::from_utf8(body.to_vec())
             .map_err(|_| refused(ApiError::BadRequest("the body is not UTF-8".into())))?;
-        Json::parse(text)
-            .map_err(|e| refused(ApiError::BadRequest(format!("the body is not JSON: {e}"))))?
+        let json = Json::parse(text)
+            .map_err(|e| refused(ApiError::BadRequest(format!("the body is not JSON: {e}"))))?;
+        // Valid JSON that starts with `{` is an object.
+        if !json.as_str().trim_start().starts_with('{') {
+            return Err(refused(ApiError::BadRequest(
+                "the body is not a JSON object: a command's payload is an object".into(),
+            )));
+        }
+        json
     };
     let in_flight = st.0.tenants.admit(&tenant).map_err(&refused)?;
 

@@ -532,11 +532,12 @@ impl Runtime {
         self.artifacts.as_ref().map(|a| a.path(hash))
     }
 
-    /// Validate and load a component. First, without compiling anything: is it wasm, a
-    /// well-formed component, importing only WASI 0.2, exporting world `aggregate` with the
-    /// contract's types (see `policy.rs`). Then the precompiled artifact when a valid one exists,
-    /// else a compile (at most [`RuntimeConfig::max_concurrent_compiles`] at once) that writes
-    /// one.
+    /// Validate and load a component: the precompiled artifact when a valid one exists (it was
+    /// compiled by a load that passed every check), else — first, without compiling anything —
+    /// is it wasm, a well-formed component, importing only WASI 0.2, exporting world `aggregate`
+    /// with the contract's types (see [`check_component`]), and only then a compile (at most
+    /// [`RuntimeConfig::max_concurrent_compiles`] at once) that writes the artifact. Either way
+    /// wasmtime's linker and type check have the last word.
     ///
     /// A refusal is remembered by hash for [`RuntimeConfig::refusal_ttl`]: loading the same bytes
     /// again answers the same error at once.
@@ -569,17 +570,10 @@ impl Runtime {
     }
 
     fn load_new(&self, hash: ComponentHash, bytes: &[u8]) -> Result<(ComponentHash, LoadSource)> {
-        let started = Instant::now();
-        policy::check(bytes, hash).inspect_err(|e| {
-            tracing::info!(
-                component = %hash,
-                kind = e.kind(),
-                ms = started.elapsed().as_millis() as u64,
-                "refused before compiling"
-            );
-        })?;
         let (component, source) = match self.artifacts.as_ref().map(|a| a.get(&self.engine, &hash))
         {
+            // Compiled by a load that passed the checks; the linker and the type check below
+            // still hold it to the imports the host links and the contract's exports.
             Some(Lookup::Loaded(c)) => {
                 self.counters.artifact_loads.fetch_add(1, Ordering::Relaxed);
                 (c, LoadSource::Artifact)
@@ -591,6 +585,15 @@ impl Runtime {
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(component = %hash, reason = %why, "precompiled artifact refused; recompiling");
                 }
+                let started = Instant::now();
+                policy::check(bytes, hash).inspect_err(|e| {
+                    tracing::info!(
+                        component = %hash,
+                        kind = e.kind(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "refused before compiling"
+                    );
+                })?;
                 (self.compile(&hash, bytes)?, LoadSource::Compiled)
             }
         };

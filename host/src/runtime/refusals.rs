@@ -43,8 +43,8 @@ impl Refusals {
         }
         self.expire(now);
         if self.by_hash.insert(hash, (now, error)).is_some() {
-            // Refused again after being forgotten and re-learned concurrently: keep one entry
-            // in `order` per hash by dropping the older position.
+            // Two loads of the same bytes were refused at the same time: keep one position per
+            // hash in `order`.
             self.order.retain(|(_, h)| *h != hash);
         }
         self.order.push_back((now, hash));

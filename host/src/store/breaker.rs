@@ -168,8 +168,9 @@ impl Breaker {
 
     /// Report transitions to `observer` from now on; it is told the current state at once.
     pub fn set_observer(&self, observer: Arc<dyn BreakerObserver>) {
-        let state = self.state();
-        observer.breaker_transition(state, state);
+        // Transitions happen under the `inner` lock: holding it, no change slips in between.
+        let inner = self.inner.lock();
+        observer.breaker_transition(inner.state, inner.state);
         *self.observer.write() = Some(observer);
     }
 
