@@ -679,7 +679,7 @@ async fn a_command_id_is_bound_to_its_first_aggregate(backend: Backend) {
         match &reused {
             ServiceError::CommandIdReused {
                 command_id, first, ..
-            } => assert_eq!((command_id, first), (&k, &y)),
+            } => assert_eq!((command_id, first.as_ref()), (&k, &y)),
             other => panic!("expected CommandIdReused, got {other:?}"),
         }
         assert!(reused.to_string().contains(&y.aggregate_id.to_string()));

@@ -67,6 +67,8 @@ fn default_tenant(multi: bool) -> Option<&'static str> {
     multi.then_some(HOSTED[0])
 }
 
+/// A fresh host (multi-tenant with [`HOSTED`], or single-tenant) serving bank-account, with two
+/// open accounts holding 1000 each.
 async fn target(multi: bool) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
@@ -197,6 +199,7 @@ fn abbreviate(s: &str) -> String {
     format!("{head:?} ... {tail:?} ({} bytes)", s.len())
 }
 
+/// Every byte outside the URI's unreserved set as `%XX`.
 fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
@@ -358,6 +361,7 @@ impl Case {
     }
 }
 
+/// `?query`, or nothing for an empty query.
 fn with_query(query: &str) -> String {
     if query.is_empty() {
         String::new()
@@ -446,6 +450,7 @@ fn aggregate_id(accounts: Vec<String>) -> BoxedStrategy<Segment> {
     .boxed()
 }
 
+/// The bank account's commands, other well-formed names, names too long, junk.
 fn command_type() -> BoxedStrategy<Segment> {
     prop_oneof![
         6 => prop::sample::select(vec!["open", "deposit", "withdraw"])
@@ -466,6 +471,7 @@ fn header_bytes() -> BoxedStrategy<Vec<u8>> {
     .boxed()
 }
 
+/// The bytes of `s`.
 fn text(s: impl Into<String>) -> Bytes {
     Bytes(s.into().into_bytes())
 }
@@ -678,6 +684,7 @@ fn query_value() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// `after` and `limit`, valid, out of range, repeated, unknown parameters, junk.
 fn events_query() -> BoxedStrategy<String> {
     prop_oneof![
         2 => Just(String::new()),
@@ -701,6 +708,7 @@ fn events_query() -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// `aggregate_type` and `aggregate_id` filters (either, both, neither), sometimes with junk.
 fn stream_query(accounts: Vec<String>) -> BoxedStrategy<String> {
     (
         prop::option::of(aggregate_type()),
@@ -721,6 +729,7 @@ fn stream_query(accounts: Vec<String>) -> BoxedStrategy<String> {
         .boxed()
 }
 
+/// Every problem type's slug, slug-like words, junk.
 fn problem_slug() -> BoxedStrategy<Segment> {
     prop_oneof![
         3 => prop::sample::select(ProblemType::ALL.to_vec())
@@ -790,6 +799,7 @@ fn stray(accounts: Vec<String>) -> BoxedStrategy<Route> {
         .boxed()
 }
 
+/// Any gateway route with generated inputs (most weight on commands), or a stray request.
 fn route(accounts: Vec<String>) -> BoxedStrategy<Route> {
     let a = accounts;
     prop_oneof![
@@ -877,6 +887,8 @@ fn plausible_command(accounts: Vec<String>) -> BoxedStrategy<(Route, Vec<(&'stat
         .boxed()
 }
 
+/// A request to either host: anything ([`route`] with [`headers`]) three times in four, else a
+/// [`plausible_command`].
 fn case(accounts: Vec<String>) -> BoxedStrategy<Case> {
     let request = prop_oneof![
         3 => (route(accounts.clone()), headers()),
@@ -1015,6 +1027,7 @@ async fn check(
     Ok(status)
 }
 
+/// The number of cases to run: `GATEWAY_FUZZ_CASES`, else [`DEFAULT_CASES`].
 fn cases() -> u32 {
     match std::env::var(CASES_VAR) {
         Ok(v) => v

@@ -62,10 +62,10 @@ pub enum ServiceError {
     CommandIdReused {
         /// The command id.
         command_id: CommandId,
-        /// The aggregate the id was first used on.
-        first: AggregateRef,
+        /// The aggregate the id was first used on (boxed: keeps the error small).
+        first: Box<AggregateRef>,
         /// The aggregate this request named.
-        requested: AggregateRef,
+        requested: Box<AggregateRef>,
     },
     /// Every retry met a newer version (409).
     #[error("version conflict on {aggregate}: gave up after {attempts} attempts")]
@@ -756,8 +756,8 @@ fn duplicate(
     if &done.aggregate != requested {
         return Err(ServiceError::CommandIdReused {
             command_id,
-            first: done.aggregate,
-            requested: requested.clone(),
+            first: Box::new(done.aggregate),
+            requested: Box::new(requested.clone()),
         });
     }
     Ok(CommandOutcome {
