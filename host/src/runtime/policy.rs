@@ -118,15 +118,15 @@ pub(crate) fn check(bytes: &[u8], hash: ComponentHash) -> Result<(), RuntimeErro
             reason,
         };
         let Some(found) = ours.component_item_for_export(name) else {
-            return Err(mismatch(format!(
-                "it does not export `{name}` (it exports: {}); world `aggregate` exports {}",
+            return Err(mismatch(super::truncate(format!(
+                "it does not export `{name}`; world `aggregate` exports {} (it exports: {})",
+                quoted(theirs[world_type].exports.keys()),
                 if exports.is_empty() {
                     "nothing".to_string()
                 } else {
                     quoted(&exports)
                 },
-                quoted(theirs[world_type].exports.keys()),
-            )));
+            ))));
         };
         SubtypeCx::new_with_refs(ours, theirs)
             .component_entity_type(&found.ty, &expected.ty, 0)
