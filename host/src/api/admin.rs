@@ -91,8 +91,12 @@ pub(super) async fn require_token(
         ),
         Some(_) => ApiError::Unauthorized("the bearer token is wrong"),
     };
-    // Read the refused upload to its end so the client sees the 401 and not a reset connection.
-    super::body::discard(request.into_body(), st.0.config.max_component_mb << 20).await;
+    // Answer at once; read the refused upload to its end in the background (bounded in bytes and
+    // time) so the client sees the 401 and not a reset connection.
+    tokio::spawn(super::body::discard(
+        request.into_body(),
+        st.0.config.max_component_mb << 20,
+    ));
     refusal.into_response()
 }
 
