@@ -639,7 +639,11 @@ async fn a_state_the_active_component_cannot_read_is_rebuilt_from_events(backend
     let host = fresh().await;
     let read = host.service.state(&acc.tenant, &acc).await.unwrap();
     assert_eq!(
-        (read.version, read.state.to_value()["balance"].as_i64(), read.component),
+        (
+            read.version,
+            read.state.to_value()["balance"].as_i64(),
+            read.component
+        ),
         (Version(3), Some(15), active)
     );
     let o = send(&host, &acc, "withdraw", serde_json::json!({"amount": 15}))
@@ -699,5 +703,11 @@ async fn a_command_id_is_bound_to_its_first_aggregate(backend: Backend) {
     send(&f, &other, "open", serde_json::json!({"owner": "Bob"}))
         .await
         .unwrap();
-    assert!(!f.service.submit(&other.tenant, with_k(&other)).await.unwrap().duplicate);
+    assert!(
+        !f.service
+            .submit(&other.tenant, with_k(&other))
+            .await
+            .unwrap()
+            .duplicate
+    );
 }

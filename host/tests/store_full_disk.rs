@@ -112,7 +112,11 @@ async fn a_full_disk_fails_writes_and_the_log_recovers_when_space_returns() {
     assert!(!health.ok, "{health:?}");
     assert_eq!(health.state, "storage-failed");
     assert!(
-        health.reason.as_deref().unwrap_or("").contains("writes fail"),
+        health
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("writes fail"),
         "{health:?}"
     );
     // Later appends are refused at once, reads still work.

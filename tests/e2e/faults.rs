@@ -29,7 +29,12 @@ async fn a_command_id_reused_on_another_aggregate_is_refused(backend: Backend) {
     let deposit = json!({"amount": 5});
     {
         let mut host = env.start(&[("AGGREGATE_MULTI_TENANT", "true")]);
-        deploy(&host.client(), "bank-account", example_artifacts::BANK_ACCOUNT).await;
+        deploy(
+            &host.client(),
+            "bank-account",
+            example_artifacts::BANK_ACCOUNT,
+        )
+        .await;
         let acme = host.tenant("acme");
         for id in [&y, &z] {
             acme.send("bank-account", id, "open", &json!({"owner": "Ada"}))
@@ -61,7 +66,10 @@ async fn a_command_id_reused_on_another_aggregate_is_refused(backend: Backend) {
             .send_with("bank-account", &y, "deposit", &deposit, &with_k)
             .await
             .unwrap();
-        assert_eq!((again["duplicate"].as_bool(), &again["version"]), (Some(true), &first["version"]));
+        assert_eq!(
+            (again["duplicate"].as_bool(), &again["version"]),
+            (Some(true), &first["version"])
+        );
         assert_eq!(host.stop().code(), Some(0));
     }
     let host = env.start(&[("AGGREGATE_MULTI_TENANT", "true")]);
@@ -138,7 +146,9 @@ async fn made_up_types_and_tenants_leave_no_trace() {
         "30 made-up tenants and types added metric series"
     );
     assert!(!after.contains("made-up-"), "{after}");
-    assert!(after.contains(r#"aggregate_type="=unknown""#) && after.contains(r#"tenant_id="=other""#));
+    assert!(
+        after.contains(r#"aggregate_type="=unknown""#) && after.contains(r#"tenant_id="=other""#)
+    );
     let tenants = admin
         .admin(reqwest::Method::GET, "/admin/tenants", None)
         .await
@@ -259,8 +269,7 @@ async fn a_full_disk_fails_readiness_and_the_host_recovers_when_space_returns() 
     let not_ready = client.ready().await;
     let p = problem(not_ready, 503, "not-ready");
     assert!(
-        p["checks"]["storage"]["ok"] == false
-            && p.to_string().contains("writes fail"),
+        p["checks"]["storage"]["ok"] == false && p.to_string().contains("writes fail"),
         "{p}"
     );
     let started = Instant::now();
@@ -311,7 +320,10 @@ async fn a_full_disk_fails_readiness_and_the_host_recovers_when_space_returns() 
     assert_eq!(host.stop().code(), Some(0), "{}", host.log());
     let host = env.start_in(&data, &[]);
     let state = host.client().state("bank-account", &id).await.unwrap();
-    assert_eq!(state["state"]["balance"], acknowledged, "after a restart: {state}");
+    assert_eq!(
+        state["state"]["balance"], acknowledged,
+        "after a restart: {state}"
+    );
     assert_eq!(state["version"], acknowledged + 1);
 }
 
@@ -367,6 +379,9 @@ async fn requests_racing_sigterm_are_answered_not_dropped() {
         .lines()
         .filter(|l| l.contains("ERROR") || l.contains("\"level\":\"ERROR\""))
         .collect();
-    assert!(errors.is_empty(), "expected refusals logged as errors: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "expected refusals logged as errors: {errors:#?}"
+    );
     assert!(log.contains("request refused"), "{log}");
 }

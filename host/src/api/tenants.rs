@@ -72,7 +72,11 @@ impl Drop for InFlight {
                 let idle = self.gate.in_flight.load(Ordering::SeqCst) == 0
                     && !self.gate.known.load(Ordering::SeqCst)
                     && !self.gate.draining.load(Ordering::SeqCst);
-                if idle && gates.get(&self.tenant).is_some_and(|g| Arc::ptr_eq(g, &self.gate)) {
+                if idle
+                    && gates
+                        .get(&self.tenant)
+                        .is_some_and(|g| Arc::ptr_eq(g, &self.gate))
+                {
                     gates.remove(&self.tenant);
                 }
             }
@@ -184,7 +188,9 @@ impl Tenants {
 
     /// Accept `tenant`'s commands again. Returns whether it was drained.
     pub fn resume(&self, tenant: &TenantId) -> bool {
-        self.kept_gate(tenant).draining.swap(false, Ordering::SeqCst)
+        self.kept_gate(tenant)
+            .draining
+            .swap(false, Ordering::SeqCst)
     }
 
     /// Refuse every new command from now on (graceful shutdown).

@@ -487,7 +487,10 @@ impl CommandService {
             });
         }
         let active = self.registry.resolve(&aggregate.aggregate_type)?;
-        let current = self.load(aggregate, &active, Freshness::Latest).await?.state;
+        let current = self
+            .load(aggregate, &active, Freshness::Latest)
+            .await?
+            .state;
         if current.version == Version::INITIAL {
             return Err(ServiceError::UnknownAggregate(aggregate.clone()));
         }

@@ -457,7 +457,13 @@ impl Committer {
                     self.try_recover();
                 }
                 if let (Some(since), false) = (self.failed_since, batch.is_empty()) {
-                    let reason = self.current.health.lock().reason.clone().unwrap_or_default();
+                    let reason = self
+                        .current
+                        .health
+                        .lock()
+                        .reason
+                        .clone()
+                        .unwrap_or_default();
                     for (_, _, waiter) in batch.drain(..) {
                         let _ = waiter.send(Err(StoreError::Unavailable(format!(
                             "{reason} (failing for {} ms; the log recovers by itself once the disk takes writes)",
@@ -683,7 +689,8 @@ impl Committer {
         if let Err(e) = &persisted {
             tracing::error!(error = %e, "event log batch failed; every commit in it is refused; the log refuses writes until the disk takes them again");
             self.position = start_position;
-            self.failed_since.get_or_insert_with(std::time::Instant::now);
+            self.failed_since
+                .get_or_insert_with(std::time::Instant::now);
             self.last_probe = Some(std::time::Instant::now());
             self.current.set_health(super::LogHealth::failing(
                 "storage-failed",

@@ -514,13 +514,21 @@ mod tests {
                 Duration::from_millis(1),
             );
             m.limit_breach(&ty, &t, "fuel");
-            m.tenant_error(m.raw_tenant_label(Some(t.as_str())), "unknown-aggregate-type");
+            m.tenant_error(
+                m.raw_tenant_label(Some(t.as_str())),
+                "unknown-aggregate-type",
+            );
         }
         m.tenant_error(m.raw_tenant_label(Some("not a tenant!")), "invalid-input");
         let text = m.render();
         assert!(!text.contains("made-up-"), "{text}");
         assert!(text.contains(r#"aggregate_commands_total{aggregate_type="=unknown",outcome="refused",tenant_id="=other"} 50"#), "{text}");
-        assert!(text.contains(r#"aggregate_tenant_errors_total{problem="invalid-input",tenant_id="=invalid"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"aggregate_tenant_errors_total{problem="invalid-input",tenant_id="=invalid"} 1"#
+            ),
+            "{text}"
+        );
         let acme = TenantId::new("made-up-7").unwrap();
         m.know_tenant(&acme);
         m.limit_breach(&ty, &acme, "fuel");
