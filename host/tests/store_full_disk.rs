@@ -2,9 +2,8 @@
 //! `Unavailable`, the log's health says why, and once space returns both recover by themselves —
 //! no restart, nothing acknowledged lost. Skipped with a notice where the test may not mount.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod support;
+
 use std::time::{Duration, Instant};
 
 use aggregate_host::store::{
@@ -14,38 +13,7 @@ use aggregate_host::types::{
     AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, ComponentHash, Event,
     Json, Snapshot, TenantId, Version,
 };
-
-struct Tmpfs(tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(size_mb: u64) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Self(dir))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
-fn fill(dir: &Path) -> PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0x5Au8; 64 << 10];
-    for _ in 0..100_000 {
-        if f.write_all(&chunk).and_then(|_| f.flush()).is_err() {
-            return path;
-        }
-    }
-    panic!("the disk never filled up");
-}
+use support::disk::{fill, Tmpfs};
 
 fn account(id: AggregateId) -> AggregateRef {
     AggregateRef {
@@ -81,13 +49,13 @@ async fn a_full_disk_fails_writes_and_the_log_recovers_when_space_returns() {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
-    let dir = fs.0.path().join("events");
+    let dir = fs.path().join("events");
     let config = EmbeddedConfig {
         recovery_interval: Duration::from_millis(50),
         ..EmbeddedConfig::default()
     };
     let log = EmbeddedLog::open_with(&dir, config.clone()).unwrap();
-    let snapshots = SnapshotStore::open(fs.0.path().join("snapshots")).unwrap();
+    let snapshots = SnapshotStore::open(fs.path().join("snapshots")).unwrap();
     let a = account(AggregateId::generate());
     let mut version = 0;
     for _ in 0..10 {
@@ -98,7 +66,7 @@ async fn a_full_disk_fails_writes_and_the_log_recovers_when_space_returns() {
     }
     assert!(log.health().ok);
 
-    let filler = fill(fs.0.path());
+    let filler = fill(fs.path());
     let failed = loop {
         assert!(version < 5_000, "no append failed on a full disk");
         let id = CommandId::generate();

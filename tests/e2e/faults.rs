@@ -2,14 +2,12 @@
 //! that showed it and the right behaviour: command ids bound to one aggregate, bookkeeping that
 //! grows only from accepted work, a full disk, and requests that race a SIGTERM.
 
-use std::io::Write as _;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aggregate_host::client::{ClientError, CommandOptions};
 use serde_json::json;
 
+use crate::support::disk::{fill, Tmpfs};
 use crate::support::{deploy, new_id, problem, Backend, Env};
 
 crate::on_both_logs!(a_command_id_reused_on_another_aggregate_is_refused);
@@ -172,47 +170,6 @@ async fn made_up_types_and_tenants_leave_no_trace() {
         .contains(r#"aggregate_commands_total{aggregate_type="bank-account",outcome="accepted",tenant_id="acme"} 1"#));
 }
 
-/// A small tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// `None` when this process may not mount (not root): the test is then skipped with a notice.
-    fn mount(size_mb: u64) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Self { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-/// Fill the filesystem of `dir` with a file until a write fails; returns the file's path.
-fn fill_disk(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("filler");
-    let mut f = std::fs::File::create(&path).unwrap();
-    let chunk = vec![0xA5u8; 64 << 10];
-    for _ in 0..100_000 {
-        if f.write_all(&chunk).and_then(|_| f.flush()).is_err() {
-            return path;
-        }
-    }
-    panic!("the disk never filled up");
-}
-
 /// Embedded log with the data directory on a small filesystem: once writes fail for lack of
 /// space, `/ready` answers 503 naming the storage problem and commands are refused with 503 at
 /// once; after space is freed the host recovers by itself (no restart) and no acknowledged
@@ -251,7 +208,7 @@ async fn a_full_disk_fails_readiness_and_the_host_recovers_when_space_returns() 
         deposit(n).await.unwrap();
         acknowledged += 1;
     }
-    let filler = fill_disk(fs.path());
+    let filler = fill(fs.path());
     // Some commits may still fit in the journal's last page; soon one fails.
     let mut next = 20;
     let failed_at = loop {

@@ -5,6 +5,9 @@
 #[path = "../../host/tests/support/nats.rs"]
 pub mod nats;
 
+#[path = "../../host/tests/support/disk.rs"]
+pub mod disk;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
