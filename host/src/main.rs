@@ -199,7 +199,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.log_format,
                 "info,fjall=warn,lsm_tree=warn",
             );
-            runtime()?.block_on(aggregate_host::api::serve(config, |bound| {
+            let runtime = runtime()?;
+            let served = runtime.block_on(aggregate_host::api::serve(config, |bound| {
                 // One machine-readable line on stdout (the log goes to stderr): scripts and tests
                 // started with port 0 read the addresses from it.
                 println!(
@@ -207,7 +208,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bound.gateway, bound.admin
                 );
                 let _ = std::io::stdout().flush();
-            }))
+            }));
+            // A guest call still running past the grace period (limits raised very high) runs on
+            // a blocking thread that dropping the runtime would wait for: do not wait for it.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            served
         }
         Cmd::Deploy {
             aggregate_type,

@@ -864,6 +864,57 @@ async fn jetstream_retry_after_conflict_appends() {
     assert!(log.find_command(&a.tenant, &id).await.unwrap().is_some());
 }
 
+/// A command id whose intent names another aggregate, and whose message is not (yet) stored
+/// there, stays bound to that aggregate: the publish may still land (delayed in the client or on
+/// the wire), and rebinding the intent would hide it from every later lookup, so a retry on the
+/// first aggregate after the dedup window would run the command twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_an_unstored_intent_keeps_the_command_id_on_its_aggregate() {
+    use aggregate_host::store::jetstream::{subject_of, tenant_token};
+    let Some(b) = JetStreamBackend::start("jetstream_unstored_intent_keeps_its_aggregate") else {
+        return;
+    };
+    let log = b.open().await;
+    let (first, other) = (agg("t1", "account"), agg("t1", "account"));
+    let id = CommandId::generate();
+    // What a host leaves behind when its publish for `first` is still on its way: the intent.
+    let client = async_nats::connect(b.url()).await.unwrap();
+    let commands = async_nats::jetstream::new(client)
+        .get_key_value(&b.config.command_bucket)
+        .await
+        .unwrap();
+    let intent = serde_json::json!({ "subject": subject_of(&first), "after": 0 });
+    commands
+        .put(
+            format!("{}.{id}", tenant_token(&first.tenant)),
+            serde_json::to_vec(&intent).unwrap().into(),
+        )
+        .await
+        .unwrap();
+
+    match log.append(commit_with_id(&other, 0, 1, id)).await {
+        Err(StoreError::CommandIdInUse {
+            command_id,
+            first: f,
+        }) => {
+            assert_eq!((command_id, f.as_ref()), (id, &first));
+        }
+        other => panic!("expected CommandIdInUse, got {other:?}"),
+    }
+    assert_eq!(
+        log.version(&other).await.unwrap(),
+        Version(0),
+        "nothing written"
+    );
+    // The late publish (or a retry) on the first aggregate goes ahead and is found afterwards.
+    let stored = log.append(commit_with_id(&first, 0, 1, id)).await.unwrap();
+    assert!(!stored.duplicate);
+    let again = log.append(commit_with_id(&other, 0, 1, id)).await.unwrap();
+    assert!(again.duplicate && again.aggregate == first, "{again:?}");
+    let found = log.find_command(&first.tenant, &id).await.unwrap().unwrap();
+    assert_eq!(found.aggregate, first);
+}
+
 /// Long histories are read through a consumer after the first direct gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_long_history_reads_through_a_consumer() {

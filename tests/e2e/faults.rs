@@ -342,3 +342,74 @@ async fn requests_racing_sigterm_are_answered_not_dropped() {
     );
     assert!(log.contains("request refused"), "{log}");
 }
+
+/// A guest call that outlives the grace period (limits raised to the maximum) does not keep the
+/// process alive after SIGTERM: the host exits once the grace period is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_call_running_past_the_grace_period_does_not_hold_the_exit() {
+    let env = Env::new(Backend::Embedded, "").unwrap();
+    let mut host = env.start(&[("AGGREGATE_SHUTDOWN_GRACE_SECS", "1")]);
+    let client = host.client();
+    deploy(&client, "hostile", example_artifacts::HOSTILE).await;
+    let too_long = json!({"timeout_ms": 600_001});
+    problem(
+        client
+            .admin(
+                reqwest::Method::PUT,
+                "/admin/aggregates/hostile/limits",
+                Some(&too_long),
+            )
+            .await,
+        400,
+        "invalid-input",
+    );
+    let limits = json!({"fuel": 1_000_000_000_000_000u64, "timeout_ms": 600_000});
+    client
+        .admin(
+            reqwest::Method::PUT,
+            "/admin/aggregates/hostile/limits",
+            Some(&limits),
+        )
+        .await
+        .unwrap();
+    let spinning = {
+        let client = client.clone();
+        tokio::spawn(async move { client.send("hostile", &new_id(), "spin", &json!({})).await })
+    };
+    // Wait until the command is running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tenants = client
+            .admin(reqwest::Method::GET, "/admin/tenants", None)
+            .await
+            .unwrap();
+        if tenants.to_string().contains("\"in_flight\":1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the command never ran: {tenants}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    host.terminate();
+    let (status, host) = tokio::task::spawn_blocking(move || {
+        let status = host.wait(Duration::from_secs(20));
+        (status, host)
+    })
+    .await
+    .unwrap();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "exit took {:?}",
+        stopping.elapsed()
+    );
+    assert!(status.code().is_some(), "exited by itself: {status}");
+    assert!(
+        host.log().contains("commands still running at exit"),
+        "{}",
+        host.log()
+    );
+    spinning.abort();
+}

@@ -95,7 +95,7 @@ problem_types! {
     Internal = "internal", 500, "Internal error",
         "An unexpected failure of the host. The host log has the details.";
     Unavailable = "unavailable", 503, "Dependency unavailable",
-        "The event log (embedded store or NATS JetStream) is unavailable; retry later.";
+        "A dependency is unavailable — the event log (embedded store or NATS JetStream), or the host's disk for component and manifest writes; retry later.";
     TenantDraining = "tenant-draining", 503, "Tenant draining",
         "The tenant is drained on this host (`/admin/drain`); commands are refused until it is resumed.";
     ShuttingDown = "shutting-down", 503, "Shutting down",
@@ -308,6 +308,16 @@ impl ApiError {
                     }
                 }
                 RegistryError::InvalidEntry { .. } => Problem::new(P::InvalidInput, e.to_string()),
+                // A full or failing disk: the host's fault of the moment, not the caller's.
+                RegistryError::ManifestIo { source, .. } | RegistryError::BlobIo { source, .. } => {
+                    Problem::new(
+                        P::Unavailable,
+                        format!(
+                            "the host could not write its component store or manifest ({}); retry later",
+                            source.kind()
+                        ),
+                    )
+                }
                 _ => Problem::new(P::Internal, opaque),
             },
             ApiError::Reload(e) => match e {
@@ -449,6 +459,21 @@ mod tests {
             !v.to_string().contains("nats down"),
             "5xx bodies are opaque: {v}"
         );
+
+        // A full disk under the component store: 503, not 500, and no path in the body.
+        let (status, _, v) = body(ApiError::Registry(RegistryError::BlobIo {
+            path: "/var/lib/secret/blobs".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        }))
+        .await;
+        assert_eq!(
+            (status, v["type"].as_str()),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("/problems/unavailable")
+            )
+        );
+        assert!(!v.to_string().contains("/var/lib"), "{v}");
 
         let hash = ComponentHash::of(b"x");
         let e = RegistryError::Component {

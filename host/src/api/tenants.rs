@@ -2,7 +2,7 @@
 //! a count of commands in flight, a "draining" flag, and the time of the last request.
 //!
 //! The table grows only from accepted work: a tenant stays in it once it has an accepted command
-//! (or readable data) on this host, is configured, or was drained by the admin API. A gate made
+//! (or readable data) on this host, is configured, or while it is drained by the admin API. A gate made
 //! for a command of an unknown tenant is removed again when its last command ends without being
 //! accepted, so made-up tenant ids cannot grow it.
 
@@ -95,17 +95,11 @@ impl Tenants {
         }
     }
 
-    /// The tenant's gate, made and kept (admin actions and accepted work).
-    fn kept_gate(&self, tenant: &TenantId) -> Arc<Gate> {
-        let gate = self.gates.lock().entry(tenant.clone()).or_default().clone();
-        gate.known.store(true, Ordering::SeqCst);
-        gate
-    }
-
     /// Record that `tenant` has accepted work here (an accepted command, or data it read): it is
     /// listed by [`Tenants::statuses`] from now on.
     pub fn accepted(&self, tenant: &TenantId) {
-        let gate = self.kept_gate(tenant);
+        let gate = self.gates.lock().entry(tenant.clone()).or_default().clone();
+        gate.known.store(true, Ordering::SeqCst);
         gate.last_activity
             .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
     }
@@ -181,16 +175,29 @@ impl Tenants {
     /// Refuse `tenant`'s new commands and wait (at most `timeout`) for those in flight. Returns
     /// how many are still running (0 when drained).
     pub async fn drain(&self, tenant: &TenantId, timeout: Duration) -> usize {
-        let gate = self.kept_gate(tenant);
-        gate.draining.store(true, Ordering::SeqCst);
+        // Flag it under the table's lock: a draining gate is kept, so an unknown tenant's gate
+        // cannot be removed between its creation and the flag.
+        let gate = {
+            let mut gates = self.gates.lock();
+            let gate = gates.entry(tenant.clone()).or_default().clone();
+            gate.draining.store(true, Ordering::SeqCst);
+            gate
+        };
         wait_idle(&gate, timeout).await
     }
 
-    /// Accept `tenant`'s commands again. Returns whether it was drained.
+    /// Accept `tenant`'s commands again. Returns whether it was drained. A tenant with no
+    /// accepted work and nothing running leaves the table again.
     pub fn resume(&self, tenant: &TenantId) -> bool {
-        self.kept_gate(tenant)
-            .draining
-            .swap(false, Ordering::SeqCst)
+        let mut gates = self.gates.lock();
+        let Some(gate) = gates.get(tenant).cloned() else {
+            return false;
+        };
+        let was = gate.draining.swap(false, Ordering::SeqCst);
+        if !gate.known.load(Ordering::SeqCst) && gate.in_flight.load(Ordering::SeqCst) == 0 {
+            gates.remove(tenant);
+        }
+        was
     }
 
     /// Refuse every new command from now on (graceful shutdown).
@@ -341,6 +348,28 @@ mod tests {
         drop(running);
         let s = tenants.statuses();
         assert_eq!((s.len(), s[0].tenant.as_str()), (1, "acme"));
+    }
+
+    #[tokio::test]
+    async fn drain_and_resume_of_unknown_tenants_leave_no_entry() {
+        let tenants = Tenants::new(false, vec![]);
+        for i in 0..20 {
+            let t = TenantId::new(format!("made-up-{i}")).unwrap();
+            assert!(!tenants.resume(&t), "never drained");
+            assert_eq!(tenants.drain(&t, Duration::from_millis(10)).await, 0);
+            assert!(tenants
+                .statuses()
+                .iter()
+                .any(|s| s.tenant == t && s.draining));
+            assert!(tenants.resume(&t));
+        }
+        assert!(tenants.statuses().is_empty(), "{:?}", tenants.statuses());
+        // A known tenant stays listed after a drain and resume.
+        let acme = TenantId::new("acme").unwrap();
+        tenants.accepted(&acme);
+        tenants.drain(&acme, Duration::from_millis(10)).await;
+        tenants.resume(&acme);
+        assert_eq!(tenants.statuses().len(), 1);
     }
 
     #[tokio::test]

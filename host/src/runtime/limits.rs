@@ -39,6 +39,10 @@ impl Default for Limits {
     }
 }
 
+/// The longest `timeout_ms` accepted: 10 minutes. Every guest call ends by then, whatever its
+/// fuel, so a misconfigured limit cannot pin a core (and hold a shutdown) forever.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
 impl Limits {
     /// The wall-clock timeout as a duration.
     pub fn timeout(&self) -> Duration {
@@ -69,6 +73,12 @@ impl Limits {
         if self.timeout_ms == 0 {
             return Err("timeout_ms must be greater than 0".into());
         }
+        if self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(format!(
+                "timeout_ms {} exceeds the maximum {MAX_TIMEOUT_MS} (10 minutes)",
+                self.timeout_ms
+            ));
+        }
         if self.max_events == 0 {
             return Err("max_events must be greater than 0".into());
         }
@@ -91,4 +101,28 @@ pub enum Isolation {
     Pooled,
     /// Every call gets a fresh instance.
     PerCommand,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_are_bounded() {
+        let engine_max = 256 << 20;
+        assert!(Limits::default().validate(engine_max).is_ok());
+        let at_max = Limits {
+            timeout_ms: MAX_TIMEOUT_MS,
+            ..Limits::default()
+        };
+        assert!(at_max.validate(engine_max).is_ok());
+        let over = Limits {
+            timeout_ms: MAX_TIMEOUT_MS + 1,
+            ..Limits::default()
+        };
+        assert!(over
+            .validate(engine_max)
+            .unwrap_err()
+            .contains("timeout_ms"));
+    }
 }

@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
-pub use self::limits::{Isolation, Limits};
+pub use self::limits::{Isolation, Limits, MAX_TIMEOUT_MS};
 pub use self::pool::InstanceKey;
 
 use self::artifacts::{ArtifactStore, Lookup};

@@ -7,7 +7,7 @@
 //! the compiler validates), does it import only WASI 0.2 interfaces the host links, and does it
 //! export world `aggregate` with exactly the contract's function types. The world is read from
 //! `wit/aggregate.wit` — the same file the host's bindings are generated from — so the contract
-//! has one source of truth, and so does the import policy ([`LINKED_WASI_PACKAGES`]).
+//! has one source of truth, and so does the import policy ([`LINKED_WASI_INTERFACES`]).
 
 use std::sync::OnceLock;
 
@@ -23,6 +23,40 @@ use crate::types::ComponentHash;
 /// guest toolchain's standard library imports them, so they must be present.
 pub(crate) const LINKED_WASI_PACKAGES: &[&str] =
     &["cli", "clocks", "filesystem", "io", "random", "sockets"];
+
+/// Every interface of those packages that the host's linker defines, as `package/interface`:
+/// exactly what `wasmtime_wasi::p2::add_to_linker_sync` adds in wasmtime-wasi 48.0.8 (its
+/// `add_nonblocking_to_linker`, `add_sync_wasi_io` and the synchronous filesystem and socket
+/// bindings). An import of any other interface could only fail at link time, after compiling.
+pub(crate) const LINKED_WASI_INTERFACES: &[&str] = &[
+    "cli/environment",
+    "cli/exit",
+    "cli/stdin",
+    "cli/stdout",
+    "cli/stderr",
+    "cli/terminal-input",
+    "cli/terminal-output",
+    "cli/terminal-stdin",
+    "cli/terminal-stdout",
+    "cli/terminal-stderr",
+    "clocks/monotonic-clock",
+    "clocks/wall-clock",
+    "filesystem/preopens",
+    "filesystem/types",
+    "io/error",
+    "io/poll",
+    "io/streams",
+    "random/insecure",
+    "random/insecure-seed",
+    "random/random",
+    "sockets/instance-network",
+    "sockets/ip-name-lookup",
+    "sockets/network",
+    "sockets/tcp",
+    "sockets/tcp-create-socket",
+    "sockets/udp",
+    "sockets/udp-create-socket",
+];
 
 /// The contract (also what `bindings.rs` generates the host's side from).
 const WIT: &str = include_str!("../../../wit/aggregate.wit");
@@ -181,7 +215,12 @@ fn import_refusal(name: &str, ty: &ComponentTypeRef) -> Option<String> {
         ComponentTypeRef::Type(_) => {
             Some("it is an abstract resource type; the host provides none outside WASI 0.2".into())
         }
-        _ => refusal(name),
+        // WASI interfaces are instances; a function, module or component of that name is
+        // nothing the linker defines.
+        ComponentTypeRef::Instance(_) => refusal(name),
+        _ => refusal(name).or_else(|| {
+            Some("it is not imported as an instance; the host links WASI interfaces only".into())
+        }),
     }
 }
 
@@ -203,6 +242,18 @@ fn refusal(name: &str) -> Option<String> {
         return Some(format!(
             "wasi:{package} is not provided: aggregates are pure, all I/O stays in the host \
              (linked: {})",
+            LINKED_WASI_PACKAGES
+                .iter()
+                .map(|p| format!("wasi:{p}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let interface = rest.split_once('@').map_or(rest, |(path, _)| path);
+    if !LINKED_WASI_INTERFACES.contains(&interface) {
+        return Some(format!(
+            "wasi:{interface} is not an interface the host links (wasmtime-wasi 48's WASI 0.2 \
+             interfaces of {})",
             LINKED_WASI_PACKAGES
                 .iter()
                 .map(|p| format!("wasi:{p}"))
@@ -250,6 +301,37 @@ mod tests {
             .unwrap()
             .contains("0.3.0"));
         assert!(refusal("plain-name").is_some());
+    }
+
+    #[test]
+    fn made_up_interfaces_of_linked_packages_are_refused() {
+        assert!(refusal("wasi:cli/bogus@0.2.0")
+            .unwrap()
+            .contains("wasi:cli/bogus is not an interface the host links"));
+        assert!(refusal("wasi:io@0.2.0").is_some());
+        for interface in LINKED_WASI_INTERFACES {
+            assert_eq!(
+                refusal(&format!("wasi:{interface}@0.2.0")),
+                None,
+                "{interface}"
+            );
+        }
+        // An interface imported as something else than an instance.
+        let poll_as_func =
+            wat::parse_str(r#"(component (import "wasi:io/poll@0.2.0" (func)))"#).unwrap();
+        match check(&poll_as_func, hash()) {
+            Err(RuntimeError::ForbiddenImport { import, reason, .. }) => {
+                assert_eq!(import, "wasi:io/poll@0.2.0");
+                assert!(reason.contains("not imported as an instance"), "{reason}");
+            }
+            other => panic!("expected ForbiddenImport, got {other:?}"),
+        }
+        let bogus =
+            wat::parse_str(r#"(component (import "wasi:cli/bogus@0.2.0" (instance)))"#).unwrap();
+        assert!(matches!(
+            check(&bogus, hash()),
+            Err(RuntimeError::ForbiddenImport { .. })
+        ));
     }
 
     #[test]

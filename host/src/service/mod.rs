@@ -452,6 +452,13 @@ impl CommandService {
                         attempts: attempt,
                     });
                 }
+                Err(StoreError::CommandIdInUse { command_id, first }) => {
+                    return Err(ServiceError::CommandIdReused {
+                        command_id,
+                        first,
+                        requested: Box::new(command.target.clone()),
+                    });
+                }
                 Err(StoreError::Conflict { .. }) => {
                     self.cache.remove(&command.target);
                     self.observe(|o| o.conflict(&command.target));

@@ -608,6 +608,15 @@ impl Core {
         if let Some(original) = self.resolve(&previous, key).await? {
             return Ok(IntentOutcome::Stored(original));
         }
+        if previous.subject != subject {
+            // The id was first used on another aggregate and its publish is not (yet) stored:
+            // it may still land there (a publish delayed in the client or on the wire). Binding
+            // the intent to this aggregate would hide that message from every later lookup, and a
+            // retry on the first aggregate after the dedup window would run it twice.
+            return Ok(IntentOutcome::OtherAggregate(parse_subject(
+                &previous.subject,
+            )?));
+        }
         match self.commands.update(key, value, revision).await {
             Ok(_) => Ok(IntentOutcome::Recorded),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -680,6 +689,8 @@ enum IntentOutcome {
     Recorded,
     Stored(Appended),
     Retry,
+    /// The command id is bound to this other aggregate (its intent names it).
+    OtherAggregate(AggregateRef),
 }
 
 /// The operations, without deadline or breaker (see [`JetStreamLog`]).
@@ -703,6 +714,12 @@ impl Core {
                 IntentOutcome::Recorded => {}
                 IntentOutcome::Stored(original) => return Ok(original),
                 IntentOutcome::Retry => continue,
+                IntentOutcome::OtherAggregate(first) => {
+                    return Err(StoreError::CommandIdInUse {
+                        command_id: commit.command_id,
+                        first: Box::new(first),
+                    })
+                }
             }
             let message = PublishMessage::build()
                 .payload(body.clone())

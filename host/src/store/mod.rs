@@ -55,6 +55,15 @@ pub enum StoreError {
         /// What differs.
         reason: String,
     },
+    /// The command id is bound to another aggregate: a command with this id was appended (or is
+    /// being appended) there. The service answers it as a reused command id.
+    #[error("command id {command_id} is already used on aggregate {first}")]
+    CommandIdInUse {
+        /// The command id.
+        command_id: CommandId,
+        /// The aggregate the id was first used on (boxed: keeps the error small).
+        first: Box<AggregateRef>,
+    },
     /// The commit itself is malformed (caller bug).
     #[error("invalid commit: {0}")]
     InvalidCommit(String),
