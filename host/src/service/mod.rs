@@ -587,7 +587,6 @@ impl CommandService {
         let foreign = base
             .as_ref()
             .is_some_and(|(_, _, c)| *c != active.component);
-        let started_fold = started;
         let loaded = match self.fold(aggregate, active, base).await {
             Err(ServiceError::Guest(e)) if foreign => {
                 self.foreign_failed(aggregate, active, &e);
@@ -598,7 +597,7 @@ impl CommandService {
             }
             other => other?,
         };
-        self.observe(|o| o.rehydrated(aggregate, started_fold.elapsed(), loaded.1));
+        self.observe(|o| o.rehydrated(aggregate, started.elapsed(), loaded.1));
         Ok(Loaded {
             state: loaded.0,
             foreign,

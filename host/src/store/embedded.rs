@@ -456,7 +456,7 @@ impl Committer {
                 if self.failed_since.is_some() {
                     self.try_recover();
                 }
-                if let (Some(since), false) = (self.failed_since, batch.is_empty()) {
+                if let Some(since) = self.failed_since {
                     let reason = self
                         .current
                         .health
