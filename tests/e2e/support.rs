@@ -88,7 +88,13 @@ impl Env {
             all.push(("AGGREGATE_NATS_URL".into(), n.url()));
         }
         all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        HostProcess::start(dir, &all)
+        let host = HostProcess::start(dir, &all);
+        // With `nats_connect: retry` a host listens before its NATS connection is up; a test
+        // whose NATS is running starts from a ready host (the outage tests start NATS later).
+        if self.nats.as_ref().is_some_and(|n| n.is_running()) {
+            host.wait_ready(Duration::from_secs(30));
+        }
+        host
     }
 }
 
@@ -151,6 +157,37 @@ impl HostProcess {
             admin: field("admin="),
             child: Some(child),
             stderr,
+        }
+    }
+
+    /// Poll `GET /ready` on the admin listener until it answers 200; panics with the host's log
+    /// after `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) {
+        use std::io::Write;
+        let addr = self
+            .admin
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = std::net::TcpStream::connect(&addr).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(b"GET /ready HTTP/1.1\r\nHost: host\r\nConnection: close\r\n\r\n")?;
+                let mut head = [0u8; 12];
+                s.read_exact(&mut head)?;
+                Ok(head)
+            });
+            if matches!(&status, Ok(head) if head.ends_with(b" 200")) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "host not ready within {timeout:?} ({status:?}); its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

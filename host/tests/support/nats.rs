@@ -92,6 +92,11 @@ impl NatsServer {
         }
     }
 
+    /// Whether the server process was started (and not killed since).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Send a signal (e.g. `STOP`, `CONT`) to the running server.
     pub fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("nats-server is running");
