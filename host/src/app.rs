@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{Config, NatsConnect};
 use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
@@ -25,6 +28,8 @@ pub struct Host {
     pub service: Arc<CommandService>,
     /// The breaker in front of NATS (JetStream mode only), for metrics.
     pub breaker: Option<Arc<Breaker>>,
+    /// The cluster control plane (cluster mode only).
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Host {
@@ -52,10 +57,16 @@ impl Host {
             max_concurrent_compiles: config.max_concurrent_compiles,
             ..RuntimeConfig::default()
         })?);
-        let registry = {
+        let (registry, seed) = {
             let (runtime, dir, max) = (runtime.clone(), dir.clone(), config.max_component_mb << 20);
+            let cluster = config.cluster;
             tokio::task::spawn_blocking(move || {
-                Registry::open(&dir, &dir.join("manifest.yaml"), runtime, max)
+                let manifest = dir.join("manifest.yaml");
+                if cluster {
+                    Registry::open_cache(&dir, &manifest, runtime, max).map(|(r, s)| (r, Some(s)))
+                } else {
+                    Registry::open(&dir, &manifest, runtime, max).map(|r| (r, None))
+                }
             })
             .await??
         };
@@ -68,6 +79,7 @@ impl Host {
                 let js = JetStreamConfig {
                     stream: config.stream.clone(),
                     request_timeout,
+                    replicas: config.nats_replicas,
                     breaker: BreakerConfig {
                         failure_threshold: config.nats_breaker_failures,
                         cooldown: std::time::Duration::from_millis(config.nats_breaker_cooldown_ms),
@@ -99,6 +111,38 @@ impl Host {
                 )
             }
         };
+        let cluster = match (seed, &config.nats_url) {
+            (Some(seed), Some(url)) => {
+                let host_id = match &config.host_id {
+                    Some(id) => id.clone(),
+                    None => host_id_in(&dir)?,
+                };
+                let cluster_config = ClusterConfig {
+                    host_id,
+                    replicas: config.nats_replicas,
+                    deploy_ack_timeout: Duration::from_millis(config.deploy_ack_timeout_ms),
+                    heartbeat_interval: Duration::from_millis(config.heartbeat_interval_ms),
+                    host_ttl: Duration::from_millis(config.host_ttl_ms),
+                    reconcile_interval: Duration::from_millis(config.reconcile_interval_ms),
+                    request_timeout: Duration::from_millis(config.nats_request_timeout_ms),
+                    gateway_url: config
+                        .advertise_gateway
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}", config.gateway_listen)),
+                    admin_url: config
+                        .advertise_admin
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{}", config.admin_listen)),
+                    max_component_bytes: config.max_component_mb << 20,
+                };
+                Some(
+                    Cluster::start(url, cluster_config, registry.clone(), seed)
+                        .await
+                        .with_context(|| format!("cluster control plane at {url}"))?,
+                )
+            }
+            _ => None,
+        };
         let snapshots = SnapshotStore::open(dir.join("snapshots")).context("snapshot store")?;
         let service = Arc::new(CommandService::new(
             registry.clone(),
@@ -117,6 +161,30 @@ impl Host {
             registry,
             service,
             breaker,
+            cluster,
         })
+    }
+}
+
+/// The host id kept in `<dir>/host-id`, created as `host-<8 hex digits>` at first start.
+fn host_id_in(dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let path = dir.join("host-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if crate::config::valid_host_id(id.trim()) => Ok(id.trim().to_string()),
+        Ok(id) => anyhow::bail!(
+            "{}: {:?} is not a host id (1 to 64 ASCII letters, digits, '-' and '_')",
+            path.display(),
+            id.trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // The last digits of a v7 UUID are random (the first are the time).
+            let uuid = uuid::Uuid::now_v7().simple().to_string();
+            let id = format!("host-{}", &uuid[uuid.len() - 8..]);
+            std::fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
 }

@@ -84,6 +84,38 @@ pub struct Config {
     pub shutdown_linger_ms: u64,
     /// Log format: `text` or `json`.
     pub log_format: LogFormat,
+    /// Cluster mode (needs `nats_url`): the manifest lives in the JetStream KV bucket
+    /// `AGGREGATE_MANIFEST`, component blobs in the Object Store `AGGREGATE_COMPONENTS`, every
+    /// host watches the manifest, and deploys are acknowledged by every live host. The local
+    /// manifest file and blob directory become caches. Default false.
+    pub cluster: bool,
+    /// This host's id in the cluster (ASCII letters, digits, `-`, `_`; at most 64). Default: the
+    /// id stored in `<data_dir>/host-id`, created at first start as `host-<8 hex digits>`.
+    pub host_id: Option<String>,
+    /// Replicas of every stream and bucket the host creates (event stream, command bucket and,
+    /// in cluster mode, the manifest and membership buckets and the component store): 1 on a
+    /// single nats-server, 3 on a 3-node cluster. More than 1 needs nats-server 2.9.21 or newer
+    /// (older servers let concurrent writers through on replicated streams: nats-server #4320).
+    /// Default 1.
+    pub nats_replicas: usize,
+    /// URL other hosts and operators use to reach this host's gateway, shown in
+    /// `GET /admin/cluster`. Default `http://<gateway_listen>`.
+    pub advertise_gateway: Option<String>,
+    /// URL of this host's admin API as shown in `GET /admin/cluster`. Default
+    /// `http://<admin_listen>`.
+    pub advertise_admin: Option<String>,
+    /// How long a deploy in cluster mode waits for every live host to fetch, precompile and
+    /// acknowledge the component before it activates it anyway (hosts that did not answer are
+    /// named in the answer and catch up from the manifest watch), in milliseconds. Default 10000.
+    pub deploy_ack_timeout_ms: u64,
+    /// How often a host renews its membership entry, in milliseconds. Default 1000.
+    pub heartbeat_interval_ms: u64,
+    /// A host whose membership entry is older than this is not live (it disappears from the
+    /// view), in milliseconds; at least twice `heartbeat_interval_ms`. Default 5000.
+    pub host_ttl_ms: u64,
+    /// How often a host checks the manifest bucket for changes its watch missed, in
+    /// milliseconds. Default 5000.
+    pub reconcile_interval_ms: u64,
 }
 
 /// What the host does when NATS cannot be reached at start.
@@ -134,8 +166,26 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             shutdown_linger_ms: 500,
             log_format: LogFormat::Text,
+            cluster: false,
+            host_id: None,
+            nats_replicas: 1,
+            advertise_gateway: None,
+            advertise_admin: None,
+            deploy_ack_timeout_ms: 10_000,
+            heartbeat_interval_ms: 1000,
+            host_ttl_ms: 5000,
+            reconcile_interval_ms: 5000,
         }
     }
+}
+
+/// Whether `id` is a valid host id: 1 to 64 ASCII letters, digits, `-` and `_` (it is a KV key
+/// and part of log lines).
+pub fn valid_host_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Shortest admin token accepted: a guessable token is no protection.
@@ -231,6 +281,19 @@ impl Config {
                     _ => return Err(err(key, format!("{v:?}: use `text` or `json`"))),
                 }
             }
+            "CLUSTER" => self.cluster = flag(key, &v)?,
+            "HOST_ID" => self.host_id = (!v.trim().is_empty()).then(|| v.trim().to_string()),
+            "NATS_REPLICAS" => self.nats_replicas = num(key, &v)?,
+            "ADVERTISE_GATEWAY" => {
+                self.advertise_gateway = (!v.trim().is_empty()).then(|| v.trim().to_string())
+            }
+            "ADVERTISE_ADMIN" => {
+                self.advertise_admin = (!v.trim().is_empty()).then(|| v.trim().to_string())
+            }
+            "DEPLOY_ACK_TIMEOUT_MS" => self.deploy_ack_timeout_ms = num(key, &v)?,
+            "HEARTBEAT_INTERVAL_MS" => self.heartbeat_interval_ms = num(key, &v)?,
+            "HOST_TTL_MS" => self.host_ttl_ms = num(key, &v)?,
+            "RECONCILE_INTERVAL_MS" => self.reconcile_interval_ms = num(key, &v)?,
             // Variables of later features and of the logging setup are not ours to refuse.
             _ => {}
         }
@@ -333,6 +396,65 @@ impl Config {
             return Err(err(
                 "tenants",
                 "must not contain the empty (single-tenant) id",
+            ));
+        }
+        if self.cluster && self.nats_url.is_none() {
+            return Err(err(
+                "cluster",
+                "cluster mode needs nats_url (set AGGREGATE_NATS_URL)",
+            ));
+        }
+        if let Some(id) = &self.host_id {
+            if !valid_host_id(id) {
+                return Err(err(
+                    "host_id",
+                    format!("{id:?}: use 1 to 64 ASCII letters, digits, '-' and '_'"),
+                ));
+            }
+        }
+        if !(1..=5).contains(&self.nats_replicas) {
+            return Err(err(
+                "nats_replicas",
+                format!("{} is outside 1..=5", self.nats_replicas),
+            ));
+        }
+        for (field, url) in [
+            ("advertise_gateway", &self.advertise_gateway),
+            ("advertise_admin", &self.advertise_admin),
+        ] {
+            if let Some(u) = url {
+                if !(u.starts_with("http://") || u.starts_with("https://"))
+                    || u.contains(char::is_whitespace)
+                {
+                    return Err(err(field, format!("{u:?} is not an http(s) URL")));
+                }
+            }
+        }
+        if !(100..=600_000).contains(&self.deploy_ack_timeout_ms) {
+            return Err(err(
+                "deploy_ack_timeout_ms",
+                format!("{} is outside 100..=600000", self.deploy_ack_timeout_ms),
+            ));
+        }
+        if !(50..=60_000).contains(&self.heartbeat_interval_ms) {
+            return Err(err(
+                "heartbeat_interval_ms",
+                format!("{} is outside 50..=60000", self.heartbeat_interval_ms),
+            ));
+        }
+        if self.host_ttl_ms < 2 * self.heartbeat_interval_ms || self.host_ttl_ms > 600_000 {
+            return Err(err(
+                "host_ttl_ms",
+                format!(
+                    "{} must be at least twice heartbeat_interval_ms ({}) and at most 600000",
+                    self.host_ttl_ms, self.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.reconcile_interval_ms) {
+            return Err(err(
+                "reconcile_interval_ms",
+                format!("{} is outside 100..=3600000", self.reconcile_interval_ms),
             ));
         }
         if self.max_command_bytes < 64 {
@@ -441,6 +563,36 @@ mod tests {
         std::fs::write(&f, "max_attempt: 3\n").unwrap();
         let e = Config::load(Some(&f), env(&[])).unwrap_err();
         assert!(e.reason.contains("unknown field `max_attempt`"), "{e}");
+    }
+
+    #[test]
+    fn cluster_settings_are_read_and_checked() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("AGGREGATE_NATS_URL", "nats://a:4222,nats://b:4222"),
+                ("AGGREGATE_CLUSTER", "true"),
+                ("AGGREGATE_HOST_ID", "host-1"),
+                ("AGGREGATE_NATS_REPLICAS", "3"),
+                ("AGGREGATE_ADVERTISE_GATEWAY", "http://host-1:8080"),
+                ("AGGREGATE_DEPLOY_ACK_TIMEOUT_MS", "2500"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.cluster);
+        assert_eq!(c.host_id.as_deref(), Some("host-1"));
+        assert_eq!((c.nats_replicas, c.deploy_ack_timeout_ms), (3, 2500));
+        assert_eq!(c.advertise_gateway.as_deref(), Some("http://host-1:8080"));
+        let e = Config::load(None, env(&[("AGGREGATE_CLUSTER", "true")])).unwrap_err();
+        assert_eq!(e.field, "cluster");
+        let e = Config::load(None, env(&[("AGGREGATE_HOST_ID", "a.b")])).unwrap_err();
+        assert_eq!(e.field, "host_id");
+        let e = Config::load(None, env(&[("AGGREGATE_NATS_REPLICAS", "0")])).unwrap_err();
+        assert_eq!(e.field, "nats_replicas");
+        let e = Config::load(None, env(&[("AGGREGATE_HOST_TTL_MS", "1500")])).unwrap_err();
+        assert_eq!(e.field, "host_ttl_ms");
+        let e = Config::load(None, env(&[("AGGREGATE_ADVERTISE_ADMIN", "host:9090")])).unwrap_err();
+        assert_eq!(e.field, "advertise_admin");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod guest;

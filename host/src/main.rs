@@ -92,6 +92,12 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Print the cluster as this host sees it: every host, whether it is live, what it serves
+    /// and the manifest revision it has applied (cluster mode; admin API).
+    Cluster {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print an aggregate's state and version.
     State {
         /// The aggregate type.
@@ -280,6 +286,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             after,
             limit,
         ))?),
+        Cmd::Cluster { remote } => {
+            let client = remote.client();
+            print(&runtime()?.block_on(client.admin(
+                reqwest::Method::GET,
+                "/admin/cluster",
+                None,
+            ))?)
+        }
         Cmd::Health { remote } => print(&runtime()?.block_on(remote.client().ready())?),
         Cmd::Build { project, out, sdk } => {
             use aggregate_host::guest;

@@ -51,6 +51,7 @@ pub(super) fn routes() -> (Routes, Routes) {
         .add(Method::POST, "/admin/drain", drain)
         .add(Method::POST, "/admin/resume", resume)
         .add(Method::POST, "/admin/reload", reload)
+        .add(Method::GET, "/admin/cluster", cluster)
         .add(Method::GET, "/metrics", metrics);
     let open = Routes::new()
         .add(Method::GET, "/health", health)
@@ -137,9 +138,26 @@ async fn upload(
     let size = bytes.len();
     let compiles_before = st.0.runtime.stats().compiles;
     let started = Instant::now();
-    let registry = st.0.registry.clone();
-    let deploy_ty = ty.clone();
-    let result = blocking(move || registry.deploy(&deploy_ty, &bytes, None)).await?;
+    let mut cluster_answer = Value::Null;
+    let result = match &st.0.cluster {
+        Some(cluster) => match cluster.deploy(&ty, bytes.to_vec(), None).await {
+            Ok(d) => {
+                cluster_answer = cluster_json(&d);
+                Ok(d.deployed)
+            }
+            Err(crate::cluster::ClusterError::Registry(e)) => Err(e),
+            Err(e) => {
+                let e = ApiError::from(e);
+                st.0.metrics.deploy(&ty, e.problem_type().slug());
+                return Err(e);
+            }
+        },
+        None => {
+            let registry = st.0.registry.clone();
+            let deploy_ty = ty.clone();
+            blocking(move || registry.deploy(&deploy_ty, &bytes, None)).await?
+        }
+    };
     // Compiling dominates a deploy that compiled; the registry validates, then compiles, then swaps.
     if st.0.runtime.stats().compiles > compiles_before {
         st.0.metrics.compiled(started.elapsed());
@@ -153,13 +171,16 @@ async fn upload(
             } else {
                 StatusCode::OK
             };
-            let body = json!({
+            let mut body = json!({
                 "aggregate_type": ty,
                 "component": d.component,
                 "version": d.version,
                 "changed": d.changed,
                 "bytes": size,
             });
+            if !cluster_answer.is_null() {
+                body["cluster"] = cluster_answer;
+            }
             Ok((status, AxumJson(body)).into_response())
         }
         Err(e) => {
@@ -229,11 +250,57 @@ async fn rollback(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let ty = aggregate_type(path)?;
+    if let Some(cluster) = &st.0.cluster {
+        let d = cluster.rollback(&ty).await?;
+        return Ok(AxumJson(json!({
+            "aggregate_type": ty,
+            "component": d.deployed.component,
+            "version": d.deployed.version,
+            "changed": d.deployed.changed,
+            "cluster": cluster_json(&d),
+        }))
+        .into_response());
+    }
     let registry = st.0.registry.clone();
     let rollback_ty = ty.clone();
     let d = blocking(move || registry.rollback(&rollback_ty)).await??;
     Ok(AxumJson(json!({ "aggregate_type": ty, "component": d.component, "version": d.version, "changed": d.changed }))
         .into_response())
+}
+
+/// The `cluster` member of a deploy or rollback answer in cluster mode.
+fn cluster_json(d: &crate::cluster::ClusterDeployed) -> Value {
+    json!({
+        "revision": d.revision,
+        "hosts": d.acks.hosts.len(),
+        "acknowledged": d.acks.acknowledged.len(),
+        "acknowledged_by": d.acks.acknowledged,
+        "not_acknowledged": d.acks.not_acknowledged,
+        "refused": d.acks.refused,
+    })
+}
+
+/// `GET /admin/cluster`: this host's view of the cluster — every host with its liveness, what
+/// it serves and the manifest revision it has applied. 404 `not-found` outside cluster mode.
+async fn cluster(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let Some(cluster) = &st.0.cluster else {
+        return Err(ApiError::NoRoute(
+            "/admin/cluster (this host is not in cluster mode: set cluster: true)".into(),
+        ));
+    };
+    let health = cluster.health();
+    let hosts = cluster.members().await?;
+    Ok(AxumJson(json!({
+        "host_id": cluster.host_id(),
+        "caught_up": health.ok,
+        "state": health.state,
+        "reason": health.reason,
+        "manifest_revision": health.manifest_revision,
+        "install_errors": health.install_errors,
+        "live_hosts": hosts.iter().filter(|h| h.live).count(),
+        "hosts": hosts,
+    }))
+    .into_response())
 }
 
 /// `PUT /admin/aggregates/{aggregate_type}/limits` with a JSON object of the limits to change.
@@ -255,6 +322,23 @@ async fn limits(
     obj.extend(change);
     let limits: Limits =
         serde_json::from_value(merged).map_err(|e| ApiError::BadRequest(format!("limits: {e}")))?;
+    if let Some(cluster) = &st.0.cluster {
+        let new = limits.clone();
+        let revision = cluster
+            .update(
+                &ty,
+                move |e| {
+                    e.limits = new.clone();
+                    Ok(())
+                },
+                st.0.runtime.config().max_memory_bytes,
+            )
+            .await?;
+        return Ok(AxumJson(
+            json!({ "aggregate_type": ty, "limits": limits, "cluster": { "revision": revision } }),
+        )
+        .into_response());
+    }
     let registry = st.0.registry.clone();
     let (update_ty, new) = (ty.clone(), limits.clone());
     blocking(move || {
@@ -347,9 +431,19 @@ async fn resume(State(st): State<AppState>, body: Body) -> Result<Response, ApiE
     )
 }
 
-/// `POST /admin/reload`: read the manifest file again; placement is single-host until the
-/// cluster module exists.
+/// `POST /admin/reload`: read the manifest file again (in cluster mode: the manifest bucket);
+/// placement is single-host until tenant placement exists.
 async fn reload(State(st): State<AppState>) -> Result<Response, ApiError> {
+    if let Some(cluster) = &st.0.cluster {
+        let installed = cluster.reload().await?;
+        return Ok(AxumJson(json!({
+            "installed": installed,
+            "aggregates": st.0.registry.manifest().aggregates.len(),
+            "manifest_revision": cluster.health().manifest_revision,
+            "placement": { "mode": "single-host", "tenants": st.0.config.tenants },
+        }))
+        .into_response());
+    }
     let registry = st.0.registry.clone();
     let compiles_before = st.0.runtime.stats().compiles;
     let started = Instant::now();
@@ -435,6 +529,9 @@ async fn ready(State(st): State<AppState>) -> Result<Response, ApiError> {
     let nats = nats_status(&st, &checks["storage"]);
     if !nats.is_null() {
         checks["nats"] = nats;
+    }
+    if let Some(cluster) = &st.0.cluster {
+        checks["cluster"] = serde_json::to_value(cluster.health()).unwrap_or(Value::Null);
     }
     let ok = checks
         .as_object()

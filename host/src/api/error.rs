@@ -175,9 +175,23 @@ pub enum ApiError {
     /// A readiness check failed.
     #[error("not ready: {}", failing(.0))]
     NotReady(Value),
+    /// The cluster control plane (NATS) cannot be reached now.
+    #[error("{0}")]
+    ClusterUnavailable(String),
     /// Anything unexpected.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        use crate::cluster::ClusterError as C;
+        match e {
+            C::Registry(r) => ApiError::Registry(r),
+            C::Unavailable(m) => ApiError::ClusterUnavailable(m),
+            C::BadEntry { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
 }
 
 fn failing(checks: &Value) -> String {
@@ -355,6 +369,10 @@ impl ApiError {
             ApiError::NotReady(checks) => {
                 Problem::new(P::NotReady, self.to_string()).with("checks", checks.clone())
             }
+            ApiError::ClusterUnavailable(m) => Problem::new(
+                P::Unavailable,
+                format!("the cluster control plane is unavailable ({m}); retry later"),
+            ),
             ApiError::Internal(_) => Problem::new(P::Internal, opaque),
         }
     }

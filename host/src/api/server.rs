@@ -32,8 +32,7 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let linger = Duration::from_millis(config.shutdown_linger_ms);
     let (gateway_addr, admin_addr) = (config.gateway_listen, config.admin_listen);
-    let host = Host::open(config).await?;
-    let state = AppState::new(&host, Metrics::new());
+    // Bound before the host opens, so that cluster mode can announce the real addresses (port 0).
     let gateway_listener = tokio::net::TcpListener::bind(gateway_addr)
         .await
         .with_context(|| format!("bind gateway_listen {gateway_addr}"))?;
@@ -44,6 +43,15 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
         gateway: gateway_listener.local_addr()?,
         admin: admin_listener.local_addr()?,
     };
+    let mut config = config;
+    config
+        .advertise_gateway
+        .get_or_insert_with(|| format!("http://{}", bound.gateway));
+    config
+        .advertise_admin
+        .get_or_insert_with(|| format!("http://{}", bound.admin));
+    let host = Host::open(config).await?;
+    let state = AppState::new(&host, Metrics::new());
     tracing::info!(
         gateway = %bound.gateway,
         admin = %bound.admin,
@@ -90,6 +98,9 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
     let left = state.tenants().wait_all_idle(grace).await;
     if left > 0 {
         tracing::warn!(in_flight = left, "commands still running at exit");
+    }
+    if let Some(cluster) = &host.cluster {
+        cluster.leave().await;
     }
     host.service.flush().await.context("flush on shutdown")?;
     tracing::info!("stopped");

@@ -84,6 +84,25 @@ impl ComponentStore {
         Ok(true)
     }
 
+    /// Write bytes fetched from elsewhere over a missing or damaged local copy, after checking
+    /// they hash to `hash`.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::CorruptBlob`] when they do not (nothing is written), or an I/O error.
+    pub fn repair(&self, hash: &ComponentHash, bytes: &[u8]) -> Result<()> {
+        let actual = ComponentHash::of(bytes);
+        if actual != *hash {
+            return Err(RegistryError::CorruptBlob {
+                hash: *hash,
+                actual,
+            });
+        }
+        let path = self.path(hash);
+        let _ = std::fs::remove_file(&path);
+        self.insert_with_hash(hash, bytes).map(|_| ())
+    }
+
     /// Read a blob and check it still hashes to its name.
     ///
     /// # Errors

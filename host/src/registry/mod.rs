@@ -209,13 +209,37 @@ impl Registry {
         bytes: &[u8],
         limits: Option<Limits>,
     ) -> Result<Deployed> {
+        let hash = self.prepare(ty, bytes, limits.as_ref())?;
+        let _guard = self.deploy_lock.lock();
+        let mut next = (*self.manifest()).clone();
+        let outcome = next.activate(ty, hash, limits, self.default_snapshot_every);
+        if outcome.changed {
+            next.save(&self.manifest_path)?;
+            *self.manifest.write() = Arc::new(next);
+            tracing::info!(aggregate_type = %ty, component = %hash, version = outcome.version, "deployed");
+        }
+        Ok(outcome)
+    }
+
+    /// The first half of a deploy: check the size and the limits, check and compile the
+    /// component, and keep its blob in the local store. Nothing is activated.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::deploy`]; nothing changes on error.
+    pub fn prepare(
+        &self,
+        ty: &AggregateType,
+        bytes: &[u8],
+        limits: Option<&Limits>,
+    ) -> Result<ComponentHash> {
         if bytes.len() > self.max_component_bytes {
             return Err(RegistryError::TooLarge {
                 size: bytes.len(),
                 limit: self.max_component_bytes,
             });
         }
-        if let Some(l) = &limits {
+        if let Some(l) = limits {
             l.validate(self.runtime.config().max_memory_bytes)
                 .map_err(|reason| RegistryError::InvalidEntry {
                     aggregate_type: ty.clone(),
@@ -230,15 +254,109 @@ impl Registry {
                 source,
             })?;
         self.blobs.insert_with_hash(&hash, bytes)?;
-        let _guard = self.deploy_lock.lock();
-        let mut next = (*self.manifest()).clone();
-        let outcome = next.activate(ty, hash, limits, self.default_snapshot_every);
-        if outcome.changed {
-            next.save(&self.manifest_path)?;
-            *self.manifest.write() = Arc::new(next);
-            tracing::info!(aggregate_type = %ty, component = %hash, version = outcome.version, "deployed");
+        Ok(hash)
+    }
+
+    /// Open for cluster mode: the blob directory and the manifest file are caches. Nothing is
+    /// loaded (the cluster installs the entries of the manifest bucket); the manifest file's
+    /// content is returned as the seed a first host may import. An unreadable manifest file is
+    /// an empty seed (with a warning), not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::BlobIo`] when the blob directory cannot be created.
+    pub fn open_cache(
+        dir: &Path,
+        manifest_path: &Path,
+        runtime: Arc<Runtime>,
+        max_component_bytes: usize,
+    ) -> Result<(Self, Manifest)> {
+        let blobs = ComponentStore::open(&dir.join("components"))?;
+        let seed = Manifest::load(manifest_path).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the cached manifest file is unreadable; no seed");
+            Manifest::default()
+        });
+        Ok((
+            Self {
+                blobs,
+                manifest_path: manifest_path.to_path_buf(),
+                manifest: RwLock::new(Arc::new(Manifest::default())),
+                deploy_lock: Mutex::new(()),
+                runtime,
+                max_component_bytes,
+                default_snapshot_every: manifest::DEFAULT_SNAPSHOT_EVERY,
+            },
+            seed,
+        ))
+    }
+
+    /// The snapshot interval new aggregate types get.
+    pub fn default_snapshot_every(&self) -> u64 {
+        self.default_snapshot_every
+    }
+
+    /// Load the component `hash` from the local blob store into the runtime (compiling it, or
+    /// reading its precompiled artifact) unless it is loaded already.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::UnknownComponent`] or [`RegistryError::CorruptBlob`] when the local copy
+    /// is missing or damaged (the caller fetches it again), or the runtime's refusal.
+    pub fn load_component(&self, ty: &AggregateType, hash: &ComponentHash) -> Result<()> {
+        if self.runtime.is_loaded(hash) {
+            return Ok(());
         }
-        Ok(outcome)
+        let bytes = self.blobs.get(hash)?;
+        self.runtime
+            .load(&bytes)
+            .map_err(|source| RegistryError::Component {
+                aggregate_type: ty.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Install an entry decided elsewhere (the cluster's manifest bucket): check its limits,
+    /// load its component from the local blob store, swap it in and save the manifest file (a
+    /// cache in cluster mode). `None` removes the type. Commands in flight finish on the entry
+    /// they resolved. Returns whether the entry changed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Registry::load_component`], or [`RegistryError::InvalidEntry`] for limits this
+    /// host refuses; the current entry stays active.
+    pub fn install(&self, ty: &AggregateType, entry: Option<TypeEntry>) -> Result<bool> {
+        if let Some(e) = &entry {
+            e.limits
+                .validate(self.runtime.config().max_memory_bytes)
+                .map_err(|reason| RegistryError::InvalidEntry {
+                    aggregate_type: ty.clone(),
+                    reason: format!("limits: {reason}"),
+                })?;
+            self.load_component(ty, &e.component)?;
+        }
+        let _guard = self.deploy_lock.lock();
+        let current = self.manifest();
+        if current.aggregates.get(ty) == entry.as_ref() {
+            return Ok(false);
+        }
+        let mut next = (*current).clone();
+        match entry {
+            Some(e) => {
+                tracing::info!(aggregate_type = %ty, component = %e.component, version = e.version, "installed from the cluster manifest");
+                next.aggregates.insert(ty.clone(), e);
+            }
+            None => {
+                tracing::info!(aggregate_type = %ty, "removed by the cluster manifest");
+                next.aggregates.remove(ty);
+            }
+        }
+        *self.manifest.write() = Arc::new(next.clone());
+        if let Err(e) = next.save(&self.manifest_path) {
+            // A cache: the bucket stays the source of truth.
+            tracing::warn!(error = %e, "could not write the manifest cache file");
+        }
+        Ok(true)
     }
 
     /// Change an aggregate type's settings (limits, isolation, snapshot interval or policy) and

@@ -348,6 +348,57 @@ impl Stored {
     }
 }
 
+/// The first nats-server release whose replicated streams stop concurrent writers: before it the
+/// `Nats-Expected-Last-Subject-Sequence` check ran before the Raft proposal, not when applying
+/// it, so two writers on different nodes could both be acknowledged (nats-server #4320, fixed in
+/// 2.9.21; measured in CLUSTER.md: forks in 120 of 200 races on R3 with 2.9.10).
+pub const MIN_SERVER_FOR_REPLICAS: (u64, u64, u64) = (2, 9, 21);
+
+/// Parse the leading `major.minor.patch` of a nats-server version (`"2.10.4"`, `"v2.9.10"`,
+/// `"2.11.0-beta.1"`).
+pub fn parse_server_version(version: &str) -> Option<(u64, u64, u64)> {
+    let mut parts = version.trim().trim_start_matches('v').splitn(3, '.');
+    let mut next = |last: bool| {
+        let p = parts.next()?;
+        let digits: String = if last {
+            p.chars().take_while(char::is_ascii_digit).collect()
+        } else {
+            p.to_string()
+        };
+        digits.parse::<u64>().ok()
+    };
+    Some((next(false)?, next(false)?, next(true)?))
+}
+
+/// Whether streams and buckets with `replicas` replicas are safe on a server of `version`.
+///
+/// # Errors
+///
+/// Why not, as a sentence for the operator: more than one replica on a server older than
+/// [`MIN_SERVER_FOR_REPLICAS`] (or whose version cannot be read).
+pub fn check_server_for_replicas(
+    version: &str,
+    replicas: usize,
+) -> std::result::Result<(), String> {
+    if replicas <= 1 {
+        return Ok(());
+    }
+    let (a, b, c) = MIN_SERVER_FOR_REPLICAS;
+    match parse_server_version(version) {
+        Some(v) if v >= MIN_SERVER_FOR_REPLICAS => Ok(()),
+        Some(_) => Err(format!(
+            "{replicas} replicas need nats-server {a}.{b}.{c} or newer; this server is {version}: \
+             on older servers a replicated stream does not stop concurrent writers \
+             (nats-server #4320), so acknowledged events could fork. Upgrade the server, or use \
+             nats_replicas: 1 on a single node"
+        )),
+        None => Err(format!(
+            "{replicas} replicas need nats-server {a}.{b}.{c} or newer; the server's version \
+             {version:?} cannot be read"
+        )),
+    }
+}
+
 /// A check of an existing stream's configuration against what the log needs.
 fn check_stream(config: &stream::Config, name: &str) -> Result<()> {
     let incompatible = |reason: String| {
@@ -411,6 +462,12 @@ fn check_stream(config: &stream::Config, name: &str) -> Result<()> {
 impl Core {
     /// Create the stream and the command bucket if missing, check them if present.
     async fn open(client: async_nats::Client, config: JetStreamConfig) -> Result<Self> {
+        check_server_for_replicas(&client.server_info().version, config.replicas).map_err(
+            |reason| StoreError::IncompatibleStream {
+                stream: config.stream.clone(),
+                reason,
+            },
+        )?;
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
         let wanted = stream::Config {
@@ -1460,6 +1517,25 @@ impl EventLog for JetStreamLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicated_streams_are_refused_on_servers_older_than_2_9_21() {
+        assert_eq!(parse_server_version("2.9.10"), Some((2, 9, 10)));
+        assert_eq!(parse_server_version("v2.11.0-beta.1"), Some((2, 11, 0)));
+        assert_eq!(parse_server_version("2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_server_version("nightly"), None);
+        // One replica is safe everywhere (measured: 0 forks in 200 races on R1 with 2.9.10).
+        assert!(check_server_for_replicas("2.9.10", 1).is_ok());
+        let e = check_server_for_replicas("2.9.10", 3).unwrap_err();
+        assert!(e.contains("2.9.21") && e.contains("#4320"), "{e}");
+        assert!(check_server_for_replicas("2.9.20", 3).is_err());
+        assert!(check_server_for_replicas("2.9.21", 3).is_ok());
+        assert!(check_server_for_replicas("2.10.0", 3).is_ok());
+        assert!(check_server_for_replicas("2.15.1", 5).is_ok());
+        assert!(check_server_for_replicas("", 3)
+            .unwrap_err()
+            .contains("cannot be read"));
+    }
 
     #[test]
     fn subjects_round_trip_and_single_tenant_has_its_own_token() {

@@ -1,0 +1,1240 @@
+//! Cluster mode: the control plane in NATS JetStream, so that several hosts on one JetStream
+//! behave as one system.
+//!
+//! - The **manifest** lives in the KV bucket [`MANIFEST_BUCKET`], one key per aggregate type
+//!   whose value is the type's [`TypeEntry`] as JSON (active component, version, limits,
+//!   isolation, snapshot interval and policy, history). The bucket is the source of truth; each
+//!   host's `manifest.yaml` is a cache, and a seed the first host imports into an empty bucket.
+//! - **Component blobs** live in the Object Store [`COMPONENT_STORE`], named by their hash
+//!   (`sha256:<hex>`), written once. A host's blob directory and precompiled artifacts are
+//!   caches: a fetched blob is checked against its name before use, and a missing or damaged
+//!   local copy is fetched again.
+//! - Every host **watches** the manifest bucket (resuming from the last revision it saw, with
+//!   backoff) and **reconciles** against it periodically, installing each change with the
+//!   registry's atomic swap: commands in flight finish on the entry they resolved.
+//! - A **deploy is two-phase**: the receiving host checks and compiles the component, puts the
+//!   blob, asks every live host on [`PREPARE_SUBJECT`] to fetch and precompile it, waits for
+//!   their acknowledgements (at most `deploy_ack_timeout`), then activates it with a
+//!   compare-and-set on the type's key — so concurrent deploys of one type end in one history
+//!   with no version number used twice. Hosts that did not acknowledge are named in the answer
+//!   and catch up from the watch (activation does not wait for them: a host that is down must
+//!   not block deploys).
+//! - **Membership**: each host puts a [`Member`] record under its id in [`HOSTS_BUCKET`] every
+//!   heartbeat; a record older than `host_ttl` is not live (the bucket's `max_age` removes it),
+//!   and a clean shutdown deletes it at once.
+//!
+//! Facts this builds on (KV watches are ordered push consumers that end on errors; an empty
+//! bucket never signals "caught up"; the Object Store checks its digest only at the end of a
+//! read) are in `CLUSTER.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::{self, kv, object_store, stream};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+
+use crate::registry::{Deployed, Manifest, Registry, RegistryError, TypeEntry};
+use crate::runtime::Limits;
+use crate::store::jetstream::check_server_for_replicas;
+use crate::types::{AggregateType, ComponentHash};
+
+/// KV bucket of the manifest: key = aggregate type, value = [`TypeEntry`] as JSON.
+pub const MANIFEST_BUCKET: &str = "AGGREGATE_MANIFEST";
+/// Object Store of component blobs, named `sha256:<hex>`.
+pub const COMPONENT_STORE: &str = "AGGREGATE_COMPONENTS";
+/// KV bucket of membership: key = host id, value = [`Member`] as JSON.
+pub const HOSTS_BUCKET: &str = "AGGREGATE_HOSTS";
+/// Core NATS subject of the prepare phase of a deploy ([`Prepare`] → [`PrepareAck`]).
+pub const PREPARE_SUBJECT: &str = "aggregate.cluster.prepare";
+
+/// Revisions of each key the manifest bucket keeps (the type's own history of components is in
+/// its entry).
+const MANIFEST_HISTORY: i64 = 16;
+/// Attempts of a compare-and-set on a manifest key before a deploy gives up.
+const CAS_ATTEMPTS: usize = 32;
+/// Longest pause between two attempts to (re)open the buckets or (re)start the watch.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Settings of cluster mode (from [`crate::config::Config`]).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This host's id (the membership key).
+    pub host_id: String,
+    /// Replicas of the buckets and the object store when they are created.
+    pub replicas: usize,
+    /// Longest wait for other hosts' acknowledgements of a deploy.
+    pub deploy_ack_timeout: Duration,
+    /// How often membership is renewed.
+    pub heartbeat_interval: Duration,
+    /// Age past which a membership record is not live.
+    pub host_ttl: Duration,
+    /// How often the manifest bucket is checked for changes the watch missed.
+    pub reconcile_interval: Duration,
+    /// Deadline of each NATS request.
+    pub request_timeout: Duration,
+    /// This host's gateway URL, as others should use it.
+    pub gateway_url: String,
+    /// This host's admin URL.
+    pub admin_url: String,
+    /// Largest component blob fetched, in bytes.
+    pub max_component_bytes: usize,
+}
+
+/// Errors of cluster operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS or a bucket cannot be reached now (retry later).
+    #[error("cluster control plane unavailable: {0}")]
+    Unavailable(String),
+    /// The registry refused (bad component, unknown type, no earlier version…).
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A manifest entry in the bucket cannot be read.
+    #[error("manifest bucket entry `{key}`: {reason}")]
+    BadEntry {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn unavailable<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> ClusterError + '_ {
+    move |e| ClusterError::Unavailable(format!("{what}: {e}"))
+}
+
+/// A host's membership record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// The host id.
+    pub host_id: String,
+    /// Gateway URL.
+    pub gateway: String,
+    /// Admin URL.
+    pub admin: String,
+    /// The host's software version.
+    pub version: String,
+    /// When the record was written, in milliseconds since the Unix epoch (the writer's clock).
+    pub heartbeat_at_ms: u64,
+    /// When the host started, in milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// Highest manifest bucket revision the host has applied.
+    pub manifest_revision: u64,
+    /// Whether the host has caught up with the manifest bucket since it started.
+    pub caught_up: bool,
+    /// Aggregate type → the component the host serves for it.
+    pub components: BTreeMap<AggregateType, ComponentHash>,
+}
+
+/// A host as the cluster view shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberView {
+    /// The record.
+    #[serde(flatten)]
+    pub member: Member,
+    /// Whether its record is younger than `host_ttl`.
+    pub live: bool,
+    /// Milliseconds since its last heartbeat (by this host's clock).
+    pub last_seen_ms: u64,
+}
+
+/// The prepare message of a deploy: fetch and precompile this component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prepare {
+    /// The host that received the deploy (it does not answer itself).
+    pub from_host: String,
+    /// The aggregate type.
+    pub aggregate_type: AggregateType,
+    /// The component to fetch and precompile.
+    pub component: ComponentHash,
+}
+
+/// A host's answer to [`Prepare`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrepareAck {
+    /// Who answers.
+    pub host_id: String,
+    /// True when the component is fetched and compiled.
+    pub ok: bool,
+    /// Why not, when not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Which hosts acknowledged a deploy's prepare phase.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Acks {
+    /// Live hosts when the deploy started, this one included.
+    pub hosts: Vec<String>,
+    /// Hosts that fetched and compiled the component (this one included).
+    pub acknowledged: Vec<String>,
+    /// Hosts that did not answer within the timeout.
+    pub not_acknowledged: Vec<String>,
+    /// Hosts that answered with an error, and the error.
+    pub refused: BTreeMap<String, String>,
+}
+
+/// The outcome of a deploy, rollback or limits change in cluster mode.
+#[derive(Debug, Clone)]
+pub struct ClusterDeployed {
+    /// What the registry reports.
+    pub deployed: Deployed,
+    /// Revision of the manifest key after the change (or the current one when unchanged).
+    pub revision: u64,
+    /// The prepare phase's acknowledgements (empty when nothing had to be prepared).
+    pub acks: Acks,
+}
+
+/// Where the control plane stands, for `/ready`, `/admin/cluster` and the heartbeat.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterHealth {
+    /// True when the buckets are open and the host has caught up with the manifest, with no
+    /// entry it failed to install.
+    pub ok: bool,
+    /// `connecting`, `catching-up`, `caught-up`.
+    pub state: &'static str,
+    /// Why not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Highest manifest revision applied.
+    pub manifest_revision: u64,
+    /// Aggregate types whose bucket entry could not be installed here, and why.
+    pub install_errors: BTreeMap<String, String>,
+}
+
+/// The opened buckets.
+struct Parts {
+    manifest: kv::Store,
+    hosts: kv::Store,
+    components: object_store::ObjectStore,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Revision applied per key (including deletes).
+    applied: HashMap<String, u64>,
+    /// Highest revision processed (the watch resumes after it).
+    revision: u64,
+    /// The bucket's last sequence at the last full reconciliation.
+    reconciled_at: u64,
+    caught_up: bool,
+    last_error: Option<String>,
+    install_errors: BTreeMap<String, String>,
+}
+
+/// The cluster control plane of one host. Cheap to share (`Arc`).
+pub struct Cluster {
+    config: ClusterConfig,
+    registry: Arc<Registry>,
+    client: async_nats::Client,
+    parts: tokio::sync::OnceCell<Parts>,
+    progress: Mutex<Progress>,
+    /// Serialises installs so that a key's revisions are applied in order.
+    apply_lock: tokio::sync::Mutex<()>,
+    started_at_ms: u64,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn object_name(hash: &ComponentHash) -> String {
+    hash.to_string()
+}
+
+/// Create (or open) a KV bucket with the layout of `create_key_value`, through stream calls that
+/// nats-server 2.9 answers (async-nats' `create_key_value` queries account info in a shape 2.9
+/// does not).
+async fn kv_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    history: i64,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: history,
+        max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    })
+    .await
+    .map_err(unavailable(bucket))?;
+    js.get_key_value(bucket).await.map_err(unavailable(bucket))
+}
+
+impl Cluster {
+    /// Connect to NATS (`url`: one or more comma-separated server URLs) and start the control
+    /// plane in the background: open the buckets (with backoff until NATS answers), import
+    /// `seed` into an empty manifest bucket, catch up with the manifest, then watch it, renew
+    /// membership and answer prepare requests. Waits up to `request_timeout` for the first
+    /// catch-up so a host whose NATS is up is ready when it listens.
+    ///
+    /// # Errors
+    ///
+    /// Only a URL the NATS client refuses; an unreachable server is retried in the background.
+    pub async fn start(
+        url: &str,
+        config: ClusterConfig,
+        registry: Arc<Registry>,
+        seed: Manifest,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("aggregate-host cluster {}", config.host_id))
+            .request_timeout(Some(config.request_timeout))
+            .retry_on_initial_connect()
+            .connect(url)
+            .await
+            .map_err(unavailable("connect"))?;
+        let cluster = Arc::new(Self {
+            config,
+            registry,
+            client,
+            parts: tokio::sync::OnceCell::new(),
+            progress: Mutex::new(Progress::default()),
+            apply_lock: tokio::sync::Mutex::new(()),
+            started_at_ms: now_ms(),
+            shutdown: tokio::sync::watch::channel(false).0,
+            changed: tokio::sync::watch::channel(0).0,
+        });
+        tokio::spawn(cluster.clone().run(seed));
+        let mut changed = cluster.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + cluster.config.request_timeout;
+        while !cluster.progress.lock().caught_up {
+            if tokio::time::timeout_at(deadline, changed.changed())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// This host's id.
+    pub fn host_id(&self) -> &str {
+        &self.config.host_id
+    }
+
+    /// Where the control plane stands (no I/O).
+    pub fn health(&self) -> ClusterHealth {
+        let p = self.progress.lock();
+        let (state, reason) = if self.parts.get().is_none() {
+            (
+                "connecting",
+                Some(p.last_error.clone().unwrap_or_else(|| {
+                    "the cluster buckets are not open yet (NATS not reachable?)".into()
+                })),
+            )
+        } else if !p.caught_up {
+            (
+                "catching-up",
+                Some("not caught up with the manifest bucket yet".into()),
+            )
+        } else {
+            ("caught-up", None)
+        };
+        let reason = reason.or_else(|| {
+            (!p.install_errors.is_empty()).then(|| {
+                format!(
+                    "could not install the entries of: {}",
+                    p.install_errors
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+        });
+        ClusterHealth {
+            ok: reason.is_none(),
+            state,
+            reason,
+            manifest_revision: p.revision,
+            install_errors: p.install_errors.clone(),
+        }
+    }
+
+    /// Stop the background tasks and remove this host's membership record (a clean shutdown
+    /// leaves the view at once).
+    pub async fn leave(&self) {
+        self.shutdown.send_replace(true);
+        if let Some(parts) = self.parts.get() {
+            match tokio::time::timeout(
+                self.config.request_timeout,
+                parts.hosts.purge(&self.config.host_id),
+            )
+            .await
+            {
+                Ok(Ok(())) => tracing::info!(host_id = %self.config.host_id, "left the cluster"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not remove the membership record"),
+                Err(_) => tracing::warn!("removing the membership record timed out"),
+            }
+        }
+        let _ = self.client.flush().await;
+    }
+
+    fn parts(&self) -> Result<&Parts, ClusterError> {
+        self.parts.get().ok_or_else(|| {
+            ClusterError::Unavailable(
+                self.health()
+                    .reason
+                    .unwrap_or_else(|| "the cluster buckets are not open".into()),
+            )
+        })
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sleep `d`, or less when shutting down; false when shutting down.
+    async fn pause(&self, d: Duration) -> bool {
+        let mut stop = self.shutdown.subscribe();
+        if *stop.borrow() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => !self.stopping(),
+            _ = stop.changed() => false,
+        }
+    }
+
+    async fn run(self: Arc<Self>, seed: Manifest) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.open().await {
+                Ok(parts) => {
+                    let _ = self.parts.set(parts);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster buckets not open yet; retrying");
+                    self.progress.lock().last_error = Some(e.to_string());
+                    self.changed.send_modify(|n| *n += 1);
+                    if !self.pause(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        if let Err(e) = self.import_seed(&seed).await {
+            tracing::warn!(error = %e, "could not import the manifest seed");
+        }
+        tokio::spawn(self.clone().heartbeats());
+        tokio::spawn(self.clone().answer_prepares());
+        // The first reconciliation is the catch-up; then the watch carries changes, and the
+        // periodic reconciliation catches what it missed.
+        let mut backoff = Duration::from_millis(100);
+        while let Err(e) = self.reconcile(true).await {
+            tracing::warn!(error = %e, "catching up with the manifest bucket failed; retrying");
+            self.progress.lock().last_error = Some(e.to_string());
+            if !self.pause(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        {
+            let mut p = self.progress.lock();
+            p.caught_up = true;
+            p.last_error = None;
+        }
+        self.changed.send_modify(|n| *n += 1);
+        tracing::info!(host_id = %self.config.host_id, revision = self.progress.lock().revision, "caught up with the cluster manifest");
+        tokio::spawn(self.clone().reconcile_periodically());
+        self.watch().await;
+    }
+
+    async fn open(&self) -> Result<Parts, ClusterError> {
+        let info = self.client.server_info();
+        if info.server_id.is_empty() {
+            return Err(ClusterError::Unavailable("NATS not connected yet".into()));
+        }
+        check_server_for_replicas(&info.version, self.config.replicas)
+            .map_err(ClusterError::Unavailable)?;
+        let mut js = jetstream::new(self.client.clone());
+        js.set_timeout(self.config.request_timeout);
+        let manifest = kv_bucket(
+            &js,
+            MANIFEST_BUCKET,
+            "aggregate host: the cluster manifest (one key per aggregate type)",
+            MANIFEST_HISTORY,
+            Duration::ZERO,
+            self.config.replicas,
+        )
+        .await?;
+        let hosts = kv_bucket(
+            &js,
+            HOSTS_BUCKET,
+            "aggregate host: cluster membership (heartbeats)",
+            1,
+            self.config.host_ttl,
+            self.config.replicas,
+        )
+        .await?;
+        let components = match js.get_object_store(COMPONENT_STORE).await {
+            Ok(s) => s,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: COMPONENT_STORE.into(),
+                    description: Some("aggregate host: component blobs by SHA-256".into()),
+                    storage: stream::StorageType::File,
+                    num_replicas: self.config.replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(unavailable(COMPONENT_STORE))?,
+        };
+        tracing::info!(
+            host_id = %self.config.host_id,
+            server = %info.version,
+            replicas = self.config.replicas,
+            "cluster buckets open"
+        );
+        Ok(Parts {
+            manifest,
+            hosts,
+            components,
+        })
+    }
+
+    /// Import the local manifest file into an empty bucket (the first host of a cluster that
+    /// ran alone before). Entries whose blob is not here are skipped with a warning.
+    async fn import_seed(&self, seed: &Manifest) -> Result<(), ClusterError> {
+        if seed.aggregates.is_empty() {
+            return Ok(());
+        }
+        let parts = self.parts()?;
+        let info = parts
+            .manifest
+            .stream
+            .get_info()
+            .await
+            .map_err(unavailable("manifest bucket info"))?;
+        if info.state.messages > 0 {
+            return Ok(());
+        }
+        for (ty, entry) in &seed.aggregates {
+            let mut blobs_ok = true;
+            for hash in entry.history.iter().chain([&entry.component]) {
+                match self.registry.blobs().get(hash) {
+                    Ok(bytes) => self.put_blob(hash, bytes).await?,
+                    Err(e) => {
+                        tracing::warn!(aggregate_type = %ty, component = %hash, error = %e, "seed blob missing");
+                        blobs_ok &= hash != &entry.component;
+                    }
+                }
+            }
+            if !blobs_ok {
+                continue;
+            }
+            let value = serde_json::to_vec(entry).expect("entry serializes");
+            match parts.manifest.create(ty.as_str(), value.into()).await {
+                Ok(_) => {
+                    tracing::info!(aggregate_type = %ty, component = %entry.component, "imported from the manifest seed")
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable("import seed")(&e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Put a blob into the object store unless it is there.
+    async fn put_blob(&self, hash: &ComponentHash, bytes: Vec<u8>) -> Result<(), ClusterError> {
+        let parts = self.parts()?;
+        let name = object_name(hash);
+        match parts.components.info(&name).await {
+            Ok(info) if !info.deleted => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => {}
+            Err(e) => return Err(unavailable("component store info")(&e)),
+        }
+        let mut reader = std::io::Cursor::new(bytes);
+        parts
+            .components
+            .put(name.as_str(), &mut reader)
+            .await
+            .map_err(unavailable("component store put"))?;
+        Ok(())
+    }
+
+    /// Fetch a blob from the object store, check it against its name, and write it over the
+    /// local copy.
+    async fn fetch_blob(&self, hash: &ComponentHash) -> Result<(), ClusterError> {
+        let parts = self.parts()?;
+        let mut object = parts
+            .components
+            .get(object_name(hash))
+            .await
+            .map_err(unavailable("component store get"))?;
+        let mut bytes = Vec::new();
+        // Read to the end: the store checks its digest only there.
+        (&mut object)
+            .take(self.config.max_component_bytes as u64 + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(unavailable("component store read"))?;
+        if bytes.len() > self.config.max_component_bytes {
+            return Err(RegistryError::TooLarge {
+                size: bytes.len(),
+                limit: self.config.max_component_bytes,
+            }
+            .into());
+        }
+        let registry = self.registry.clone();
+        let hash = *hash;
+        tokio::task::spawn_blocking(move || registry.blobs().repair(&hash, &bytes))
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("worker task: {e}")))??;
+        tracing::info!(component = %hash, "fetched from the component store");
+        Ok(())
+    }
+
+    /// Make `hash` loaded in the runtime: from the local blob when it is sound, else fetched.
+    async fn ensure_loaded(
+        &self,
+        ty: &AggregateType,
+        hash: &ComponentHash,
+    ) -> Result<(), ClusterError> {
+        let load = |registry: Arc<Registry>, ty: AggregateType, hash: ComponentHash| async move {
+            tokio::task::spawn_blocking(move || registry.load_component(&ty, &hash))
+                .await
+                .map_err(|e| ClusterError::Unavailable(format!("worker task: {e}")))
+        };
+        match load(self.registry.clone(), ty.clone(), *hash).await? {
+            Ok(()) => Ok(()),
+            Err(RegistryError::UnknownComponent(_)) | Err(RegistryError::CorruptBlob { .. }) => {
+                tracing::info!(aggregate_type = %ty, component = %hash, "local blob missing or damaged; fetching it");
+                self.fetch_blob(hash).await?;
+                Ok(load(self.registry.clone(), ty.clone(), *hash).await??)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Install one manifest bucket entry unless an equal or newer revision of its key was.
+    async fn apply(&self, entry: kv::Entry) {
+        let _guard = self.apply_lock.lock().await;
+        let key = entry.key.clone();
+        {
+            let mut p = self.progress.lock();
+            p.revision = p.revision.max(entry.revision);
+            if p.applied.get(&key).is_some_and(|r| *r >= entry.revision) {
+                return;
+            }
+        }
+        let outcome = self.install(&entry).await;
+        let mut p = self.progress.lock();
+        match outcome {
+            Ok(()) => {
+                p.applied.insert(key.clone(), entry.revision);
+                p.install_errors.remove(&key);
+            }
+            Err(e) => {
+                tracing::warn!(key, revision = entry.revision, error = %e, "could not install a manifest entry");
+                p.install_errors.insert(key, e.to_string());
+            }
+        }
+        drop(p);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    async fn install(&self, entry: &kv::Entry) -> Result<(), ClusterError> {
+        let bad = |reason: String| ClusterError::BadEntry {
+            key: entry.key.clone(),
+            reason,
+        };
+        let ty = AggregateType::new(&entry.key).map_err(|e| bad(e.to_string()))?;
+        let value = match entry.operation {
+            kv::Operation::Put => {
+                let e: TypeEntry =
+                    serde_json::from_slice(&entry.value).map_err(|e| bad(e.to_string()))?;
+                self.ensure_loaded(&ty, &e.component).await?;
+                Some(e)
+            }
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || registry.install(&ty, value))
+            .await
+            .map_err(|e| ClusterError::Unavailable(format!("worker task: {e}")))??;
+        Ok(())
+    }
+
+    /// Read every key of the manifest bucket and install what is newer than what was applied.
+    /// Without `force`, nothing is read when the bucket's last sequence has not moved since the
+    /// last reconciliation (one stream-info request, no consumer).
+    async fn reconcile(&self, force: bool) -> Result<usize, ClusterError> {
+        let parts = self.parts()?;
+        let prefix = format!("$KV.{MANIFEST_BUCKET}.");
+        let mut subjects = parts
+            .manifest
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(unavailable("manifest bucket info"))?;
+        let last = subjects.info.state.last_sequence;
+        let settled = {
+            let p = self.progress.lock();
+            last == p.reconciled_at && p.install_errors.is_empty()
+        };
+        if !force && settled {
+            return Ok(0);
+        }
+        let mut keys = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(unavailable("manifest bucket subjects"))?;
+            if let Some(key) = subject.strip_prefix(&prefix) {
+                keys.push(key.to_string());
+            }
+        }
+        let mut installed = 0;
+        for key in keys {
+            let entry = parts
+                .manifest
+                .entry(key.as_str())
+                .await
+                .map_err(unavailable("manifest bucket entry"))?;
+            if let Some(entry) = entry {
+                let newer = self
+                    .progress
+                    .lock()
+                    .applied
+                    .get(&key)
+                    .is_none_or(|r| *r < entry.revision);
+                if newer {
+                    self.apply(entry).await;
+                    installed += 1;
+                }
+            }
+        }
+        let mut p = self.progress.lock();
+        p.reconciled_at = last;
+        p.revision = p.revision.max(last);
+        Ok(installed)
+    }
+
+    /// `POST /admin/reload` in cluster mode: read the whole manifest bucket again. Returns the
+    /// number of entries installed.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`].
+    pub async fn reload(&self) -> Result<usize, ClusterError> {
+        self.reconcile(true).await
+    }
+
+    async fn reconcile_periodically(self: Arc<Self>) {
+        while self.pause(self.config.reconcile_interval).await {
+            match self.reconcile(false).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    installed = n,
+                    "reconciliation installed changes the watch had not delivered"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconciliation with the manifest bucket failed")
+                }
+            }
+        }
+    }
+
+    /// Watch the manifest bucket from the last revision seen; on an error or the end of the
+    /// watch, start again after a pause that doubles up to [`MAX_BACKOFF`] (one watch at a time:
+    /// a dropped watch's consumer is removed by the server).
+    async fn watch(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            let Ok(parts) = self.parts() else { return };
+            let from = self.progress.lock().revision + 1;
+            match parts.manifest.watch_all_from_revision(from).await {
+                Ok(mut watch) => {
+                    tracing::debug!(from, "watching the manifest bucket");
+                    loop {
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            item = watch.next() => match item {
+                                Some(Ok(entry)) => {
+                                    backoff = Duration::from_millis(100);
+                                    self.apply(entry).await;
+                                }
+                                Some(Err(e)) => {
+                                    tracing::warn!(error = %e, "the manifest watch failed; resuming");
+                                    break;
+                                }
+                                None => {
+                                    tracing::warn!("the manifest watch ended; resuming");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not watch the manifest bucket"),
+            }
+            if !self.pause(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn member(&self) -> Member {
+        let p = self.progress.lock();
+        Member {
+            host_id: self.config.host_id.clone(),
+            gateway: self.config.gateway_url.clone(),
+            admin: self.config.admin_url.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            heartbeat_at_ms: now_ms(),
+            started_at_ms: self.started_at_ms,
+            manifest_revision: p.revision,
+            caught_up: p.caught_up,
+            components: self
+                .registry
+                .manifest()
+                .aggregates
+                .iter()
+                .map(|(t, e)| (t.clone(), e.component))
+                .collect(),
+        }
+    }
+
+    async fn heartbeats(self: Arc<Self>) {
+        loop {
+            if let Ok(parts) = self.parts() {
+                let value = serde_json::to_vec(&self.member()).expect("member serializes");
+                if let Err(e) = parts
+                    .hosts
+                    .put(self.config.host_id.as_str(), value.into())
+                    .await
+                {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+            if !self.pause(self.config.heartbeat_interval).await {
+                return;
+            }
+        }
+    }
+
+    /// Every membership record, live or not (the bucket's `max_age` removes old ones).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`].
+    pub async fn members(&self) -> Result<Vec<MemberView>, ClusterError> {
+        let parts = self.parts()?;
+        let prefix = format!("$KV.{HOSTS_BUCKET}.");
+        let mut subjects = parts
+            .hosts
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(unavailable("membership bucket info"))?;
+        let mut keys = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(unavailable("membership bucket subjects"))?;
+            if let Some(key) = subject.strip_prefix(&prefix) {
+                keys.push(key.to_string());
+            }
+        }
+        let now = now_ms();
+        let ttl = self.config.host_ttl.as_millis() as u64;
+        let mut out = Vec::new();
+        for key in keys {
+            let Some(value) = parts
+                .hosts
+                .get(key.as_str())
+                .await
+                .map_err(unavailable("membership entry"))?
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<Member>(&value) {
+                Ok(member) => {
+                    let last_seen_ms = now.saturating_sub(member.heartbeat_at_ms);
+                    out.push(MemberView {
+                        live: last_seen_ms <= ttl,
+                        last_seen_ms,
+                        member,
+                    });
+                }
+                Err(e) => tracing::warn!(key, error = %e, "unreadable membership record"),
+            }
+        }
+        out.sort_by(|a, b| a.member.host_id.cmp(&b.member.host_id));
+        Ok(out)
+    }
+
+    async fn answer_prepares(self: Arc<Self>) {
+        let mut stop = self.shutdown.subscribe();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.client.subscribe(PREPARE_SUBJECT).await {
+                Ok(mut sub) => loop {
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        msg = sub.next() => match msg {
+                            Some(msg) => {
+                                tokio::spawn(self.clone().answer_prepare(msg));
+                            }
+                            None => break,
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to prepare requests"),
+            }
+            if !self.pause(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn answer_prepare(self: Arc<Self>, msg: async_nats::Message) {
+        let Some(reply) = msg.reply.clone() else {
+            return;
+        };
+        let prepare: Prepare = match serde_json::from_slice(&msg.payload) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable prepare request");
+                return;
+            }
+        };
+        if prepare.from_host == self.config.host_id {
+            return;
+        }
+        let outcome = self
+            .ensure_loaded(&prepare.aggregate_type, &prepare.component)
+            .await;
+        let ack = PrepareAck {
+            host_id: self.config.host_id.clone(),
+            ok: outcome.is_ok(),
+            error: outcome.err().map(|e| e.to_string()),
+        };
+        tracing::info!(aggregate_type = %prepare.aggregate_type, component = %prepare.component, ok = ack.ok, "prepared a deploy");
+        let body = serde_json::to_vec(&ack).expect("ack serializes");
+        if let Err(e) = self.client.publish(reply, body.into()).await {
+            tracing::warn!(error = %e, "could not answer a prepare request");
+        }
+    }
+
+    /// Ask every other live host to fetch and precompile `hash`; wait for their answers up to
+    /// `deploy_ack_timeout`.
+    async fn gather_acks(
+        &self,
+        ty: &AggregateType,
+        hash: &ComponentHash,
+    ) -> Result<Acks, ClusterError> {
+        let me = self.config.host_id.clone();
+        let mut waiting: Vec<String> = self
+            .members()
+            .await?
+            .into_iter()
+            .filter(|m| m.live && m.member.host_id != me)
+            .map(|m| m.member.host_id)
+            .collect();
+        let mut acks = Acks {
+            hosts: std::iter::once(me.clone())
+                .chain(waiting.iter().cloned())
+                .collect(),
+            acknowledged: vec![me.clone()],
+            ..Acks::default()
+        };
+        if waiting.is_empty() {
+            return Ok(acks);
+        }
+        let inbox = self.client.new_inbox();
+        let mut sub = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(unavailable("subscribe for acknowledgements"))?;
+        let prepare = Prepare {
+            from_host: me,
+            aggregate_type: ty.clone(),
+            component: *hash,
+        };
+        self.client
+            .publish_with_reply(
+                PREPARE_SUBJECT,
+                inbox,
+                serde_json::to_vec(&prepare).expect("serializes").into(),
+            )
+            .await
+            .map_err(unavailable("publish prepare"))?;
+        let deadline = tokio::time::Instant::now() + self.config.deploy_ack_timeout;
+        while !waiting.is_empty() {
+            let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await else {
+                break;
+            };
+            let Ok(ack) = serde_json::from_slice::<PrepareAck>(&msg.payload) else {
+                continue;
+            };
+            // Answers from hosts that were not live when the deploy started still count.
+            waiting.retain(|h| *h != ack.host_id);
+            if !acks.hosts.contains(&ack.host_id) {
+                acks.hosts.push(ack.host_id.clone());
+            }
+            if ack.ok {
+                acks.acknowledged.push(ack.host_id);
+            } else {
+                acks.refused
+                    .insert(ack.host_id, ack.error.unwrap_or_default());
+            }
+        }
+        let _ = sub.unsubscribe().await;
+        acks.not_acknowledged = waiting;
+        Ok(acks)
+    }
+
+    /// The type's entry in the bucket and the key's revision (`None` revision: never written).
+    async fn read_entry(
+        &self,
+        ty: &AggregateType,
+    ) -> Result<(Option<TypeEntry>, Option<u64>), ClusterError> {
+        let parts = self.parts()?;
+        let Some(entry) = parts
+            .manifest
+            .entry(ty.as_str())
+            .await
+            .map_err(unavailable("manifest bucket entry"))?
+        else {
+            return Ok((None, None));
+        };
+        match entry.operation {
+            kv::Operation::Put => {
+                let e =
+                    serde_json::from_slice(&entry.value).map_err(|e| ClusterError::BadEntry {
+                        key: ty.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                Ok((Some(e), Some(entry.revision)))
+            }
+            _ => Ok((None, Some(entry.revision))),
+        }
+    }
+
+    /// Compare-and-set the type's key: read it, let `change` compute the next entry, write it
+    /// only if nobody wrote in between (else read again). Installs the result here at once.
+    async fn change_entry(
+        &self,
+        ty: &AggregateType,
+        change: impl Fn(&mut Manifest) -> Result<Deployed, RegistryError>,
+    ) -> Result<(Deployed, u64), ClusterError> {
+        let parts = self.parts()?;
+        for _ in 0..CAS_ATTEMPTS {
+            let (current, revision) = self.read_entry(ty).await?;
+            let mut m = Manifest::default();
+            if let Some(e) = current {
+                m.aggregates.insert(ty.clone(), e);
+            }
+            let outcome = change(&mut m)?;
+            if !outcome.changed {
+                return Ok((outcome, revision.unwrap_or(0)));
+            }
+            let value: bytes::Bytes = serde_json::to_vec(&m.aggregates[ty])
+                .expect("entry serializes")
+                .into();
+            let written = match revision {
+                Some(r) => match parts.manifest.update(ty.as_str(), value, r).await {
+                    Ok(rev) => Some(rev),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
+                    Err(e) => return Err(unavailable("manifest update")(&e)),
+                },
+                None => match parts.manifest.create(ty.as_str(), value).await {
+                    Ok(rev) => Some(rev),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
+                    Err(e) => return Err(unavailable("manifest create")(&e)),
+                },
+            };
+            if let Some(rev) = written {
+                if let Some(entry) = parts
+                    .manifest
+                    .entry(ty.as_str())
+                    .await
+                    .map_err(unavailable("manifest bucket entry"))?
+                {
+                    self.apply(entry).await;
+                }
+                return Ok((outcome, rev));
+            }
+            tracing::info!(aggregate_type = %ty, "another host changed the entry first; reading it again");
+        }
+        Err(ClusterError::Unavailable(format!(
+            "the manifest entry of `{ty}` kept changing ({CAS_ATTEMPTS} attempts)"
+        )))
+    }
+
+    /// Deploy `bytes` for `ty` across the cluster: check and compile here, put the blob, have
+    /// every live host fetch and precompile it, then activate it in the manifest bucket.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Registry`] when the component or limits are refused (nothing changes),
+    /// [`ClusterError::Unavailable`] when NATS cannot be reached.
+    pub async fn deploy(
+        &self,
+        ty: &AggregateType,
+        bytes: Vec<u8>,
+        limits: Option<Limits>,
+    ) -> Result<ClusterDeployed, ClusterError> {
+        self.parts()?;
+        let registry = self.registry.clone();
+        let (prepare_ty, prepare_limits) = (ty.clone(), limits.clone());
+        let (hash, bytes) = tokio::task::spawn_blocking(move || {
+            registry
+                .prepare(&prepare_ty, &bytes, prepare_limits.as_ref())
+                .map(|h| (h, bytes))
+        })
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("worker task: {e}")))??;
+        let (current, revision) = self.read_entry(ty).await?;
+        if let Some(e) = &current {
+            if e.component == hash && limits.as_ref().is_none_or(|l| *l == e.limits) {
+                return Ok(ClusterDeployed {
+                    deployed: Deployed {
+                        component: hash,
+                        version: e.version,
+                        changed: false,
+                    },
+                    revision: revision.unwrap_or(0),
+                    acks: Acks::default(),
+                });
+            }
+        }
+        self.put_blob(&hash, bytes).await?;
+        let acks = self.gather_acks(ty, &hash).await?;
+        let every = self.registry.default_snapshot_every();
+        let (deployed, revision) = self
+            .change_entry(ty, |m| Ok(m.activate(ty, hash, limits.clone(), every)))
+            .await?;
+        tracing::info!(aggregate_type = %ty, component = %hash, version = deployed.version, revision, acknowledged = acks.acknowledged.len(), not_acknowledged = ?acks.not_acknowledged, "deployed across the cluster");
+        Ok(ClusterDeployed {
+            deployed,
+            revision,
+            acks,
+        })
+    }
+
+    /// Roll `ty` back to its previous component across the cluster (prepared on every live host
+    /// first, like a deploy).
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::UnknownType`], [`RegistryError::NoEarlierVersion`], or unavailable.
+    pub async fn rollback(&self, ty: &AggregateType) -> Result<ClusterDeployed, ClusterError> {
+        let (current, _) = self.read_entry(ty).await?;
+        let mut m = Manifest::default();
+        if let Some(e) = current {
+            m.aggregates.insert(ty.clone(), e);
+        }
+        let previous = m.previous(ty)?;
+        self.ensure_loaded(ty, &previous).await?;
+        let acks = self.gather_acks(ty, &previous).await?;
+        let (deployed, revision) = self.change_entry(ty, |m| m.roll_back(ty)).await?;
+        tracing::info!(aggregate_type = %ty, component = %deployed.component, version = deployed.version, "rolled back across the cluster");
+        Ok(ClusterDeployed {
+            deployed,
+            revision,
+            acks,
+        })
+    }
+
+    /// Change `ty`'s settings across the cluster (the component stays; the version does not
+    /// change).
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::UnknownType`], [`RegistryError::InvalidEntry`], or unavailable.
+    pub async fn update(
+        &self,
+        ty: &AggregateType,
+        change: impl Fn(&mut TypeEntry) -> Result<(), String>,
+        max_memory_bytes: usize,
+    ) -> Result<u64, ClusterError> {
+        let (_, revision) = self
+            .change_entry(ty, |m| {
+                let e = m
+                    .aggregates
+                    .get_mut(ty)
+                    .ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+                let invalid = |reason| RegistryError::InvalidEntry {
+                    aggregate_type: ty.clone(),
+                    reason,
+                };
+                let before = e.clone();
+                change(e).map_err(invalid)?;
+                e.limits
+                    .validate(max_memory_bytes)
+                    .map_err(|r| invalid(format!("limits: {r}")))?;
+                Ok(Deployed {
+                    component: e.component,
+                    version: e.version,
+                    changed: *e != before,
+                })
+            })
+            .await?;
+        Ok(revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let ty = AggregateType::new("bank-account").unwrap();
+        let p = Prepare {
+            from_host: "a".into(),
+            aggregate_type: ty.clone(),
+            component: ComponentHash::of(b"x"),
+        };
+        let back: Prepare = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
+        assert_eq!(
+            (back.from_host, back.aggregate_type, back.component),
+            (p.from_host, ty.clone(), p.component)
+        );
+        let m = Member {
+            host_id: "a".into(),
+            gateway: "http://a:8080".into(),
+            admin: "http://a:8081".into(),
+            version: "0.1.0".into(),
+            heartbeat_at_ms: 5,
+            started_at_ms: 1,
+            manifest_revision: 3,
+            caught_up: true,
+            components: [(ty, ComponentHash::of(b"x"))].into_iter().collect(),
+        };
+        let back: Member = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(
+            object_name(&ComponentHash::of(b"x")),
+            ComponentHash::of(b"x").to_string()
+        );
+    }
+}
