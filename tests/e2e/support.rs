@@ -107,7 +107,9 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    fn start(dir: &Path, vars: &[(String, String)]) -> Self {
+    /// Start `aggregate-host serve` with its data in `dir` and exactly the `AGGREGATE_*`
+    /// variables `vars`; returns once it printed its addresses.
+    pub fn start(dir: &Path, vars: &[(String, String)]) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let stderr = dir.join(format!("host-{}.log", uuid_now()));
         let mut cmd = Command::new(BINARY);

@@ -301,7 +301,7 @@ impl Cluster {
             .name(format!("aggregate-host cluster {}", config.host_id))
             .request_timeout(Some(config.request_timeout))
             .retry_on_initial_connect()
-            .connect(url)
+            .connect(crate::store::jetstream::server_urls(url))
             .await
             .map_err(unavailable("connect"))?;
         let cluster = Arc::new(Self {

@@ -348,6 +348,16 @@ impl Stored {
     }
 }
 
+/// The servers of a `nats_url`: one URL or several separated by commas (async-nats reads a
+/// single string as one URL, so the list is split here).
+pub fn server_urls(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// The first nats-server release whose replicated streams stop concurrent writers: before it the
 /// `Nats-Expected-Last-Subject-Sequence` check ran before the Raft proposal, not when applying
 /// it, so two writers on different nodes could both be acknowledged (nats-server #4320, fixed in
@@ -1122,7 +1132,7 @@ impl JetStreamLog {
             options
         };
         let client = options
-            .connect(url)
+            .connect(server_urls(url))
             .await
             .map_err(unavailable!("connect"))?;
         let core = match mode {
@@ -1517,6 +1527,15 @@ impl EventLog for JetStreamLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nats_url_may_list_several_servers() {
+        assert_eq!(server_urls("nats://a:4222"), ["nats://a:4222"]);
+        assert_eq!(
+            server_urls("nats://a:4222, nats://b:4222,,nats://c:4222"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+    }
 
     #[test]
     fn replicated_streams_are_refused_on_servers_older_than_2_9_21() {

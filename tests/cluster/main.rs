@@ -1,0 +1,605 @@
+//! Cluster mode end to end: a 3-node nats-server cluster on loopback (streams and buckets R3) and
+//! three `aggregate-host serve` processes (the real binary) in cluster mode.
+//!
+//! One set of servers and hosts serves every scenario of this binary; the scenarios run one
+//! after the other inside one test, each named in its failure messages:
+//! 1. a deploy, a rollback and a limits change through one host reach every host within 1 s of
+//!    activation while clients send commands to all three, with no failed command and each
+//!    answer's component hash matching the behaviour seen;
+//! 2. a host started after the deploy, a host restarted with an empty data dir, and a host whose
+//!    local blob was corrupted serve the active version without any deploy call;
+//! 3. concurrent deploys of different components for one type through two hosts end with every
+//!    host on the same component and one line of versions;
+//! 4. ten NATS node restarts (each node in turn, then all three) with the hosts running: a deploy
+//!    afterwards reaches every host, and the manifest bucket's consumers stay bounded.
+
+#[path = "../e2e/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+#[path = "../../host/tests/support/nats_cluster.rs"]
+#[allow(dead_code)]
+mod nats_cluster;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aggregate_host::client::Client;
+use serde_json::{json, Value};
+
+use nats_cluster::NatsCluster;
+use support::{new_id, wasm, HostProcess};
+
+const TYPE: &str = "bank-account";
+/// The most a change may take to reach every host after it was activated.
+const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
+
+struct Cluster {
+    nats: NatsCluster,
+    dir: tempfile::TempDir,
+    hosts: Vec<(String, HostProcess)>,
+}
+
+impl Cluster {
+    fn vars(&self, id: &str) -> Vec<(String, String)> {
+        let dir = self.dir.path().join(id);
+        [
+            ("AGGREGATE_DATA_DIR", dir.display().to_string()),
+            ("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0".into()),
+            ("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0".into()),
+            ("AGGREGATE_ADMIN_TOKEN", support::TOKEN.into()),
+            ("AGGREGATE_SHUTDOWN_GRACE_SECS", "10".into()),
+            ("AGGREGATE_SHUTDOWN_LINGER_MS", "0".into()),
+            ("AGGREGATE_NATS_URL", self.nats.urls()),
+            ("AGGREGATE_CLUSTER", "true".into()),
+            ("AGGREGATE_HOST_ID", id.into()),
+            ("AGGREGATE_NATS_REPLICAS", "3".into()),
+            ("AGGREGATE_HEARTBEAT_INTERVAL_MS", "500".into()),
+            ("AGGREGATE_HOST_TTL_MS", "3000".into()),
+            ("AGGREGATE_RECONCILE_INTERVAL_MS", "1000".into()),
+            ("AGGREGATE_DEPLOY_ACK_TIMEOUT_MS", "20000".into()),
+            // Elections after a node restart take seconds; commands wait them out.
+            ("AGGREGATE_NATS_REQUEST_TIMEOUT_MS", "5000".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn data_dir(&self, id: &str) -> PathBuf {
+        self.dir.path().join(id)
+    }
+
+    fn start_host(&self, id: &str) -> HostProcess {
+        let host = HostProcess::start(&self.data_dir(id), &self.vars(id));
+        host.wait_ready(Duration::from_secs(60));
+        host
+    }
+
+    fn host(&self, id: &str) -> &HostProcess {
+        &self
+            .hosts
+            .iter()
+            .find(|(h, _)| h == id)
+            .unwrap_or_else(|| panic!("no host {id}"))
+            .1
+    }
+
+    fn clients(&self) -> Vec<(String, Client)> {
+        self.hosts
+            .iter()
+            .map(|(id, h)| (id.clone(), h.client()))
+            .collect()
+    }
+
+    fn stop_host(&mut self, id: &str) -> HostProcess {
+        let i = self.hosts.iter().position(|(h, _)| h == id).unwrap();
+        let (_, mut host) = self.hosts.remove(i);
+        let status = host.stop();
+        assert!(status.success(), "host {id} exited with {status}");
+        host
+    }
+}
+
+/// The active component of `ty` on a host, from its admin API.
+async fn active(client: &Client, ty: &str) -> Option<(String, Value)> {
+    let list = client
+        .admin(reqwest::Method::GET, "/admin/aggregates", None)
+        .await
+        .ok()?;
+    list["aggregates"]
+        .as_array()?
+        .iter()
+        .find(|a| a["aggregate_type"] == ty)
+        .map(|a| (a["component"].as_str().unwrap().to_string(), a.clone()))
+}
+
+/// Poll every host until `ok` holds for its entry of `ty`; returns how long each took.
+async fn wait_all(
+    clients: &[(String, Client)],
+    ty: &str,
+    timeout: Duration,
+    what: &str,
+    ok: impl Fn(&Option<(String, Value)>) -> bool,
+) -> Vec<(String, Duration)> {
+    let started = Instant::now();
+    let mut took = Vec::new();
+    for (id, client) in clients {
+        loop {
+            let entry = active(client, ty).await;
+            if ok(&entry) {
+                took.push((id.clone(), started.elapsed()));
+                break;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "{what}: host {id} did not get there within {timeout:?}; it has {entry:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    took
+}
+
+/// One answered deposit.
+struct Answer {
+    host: String,
+    sent: Instant,
+    component: String,
+    schema_version: u64,
+    has_currency: bool,
+}
+
+/// Deposits sent to every host by `workers` clients per host until `stop` is set.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Answer>>>,
+}
+
+impl Load {
+    async fn start(clients: &[(String, Client)], per_host: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (host, client) in clients {
+            for _ in 0..per_host {
+                let id = new_id();
+                client
+                    .send(TYPE, &id, "open", &json!({"owner": "load"}))
+                    .await
+                    .unwrap_or_else(|e| panic!("open on {host}: {e}"));
+                let (host, client, stop) = (host.clone(), client.clone(), stop.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && answers.len() < 20_000 {
+                        let sent = Instant::now();
+                        let body = client
+                            .send(TYPE, &id, "deposit", &json!({"amount": 1}))
+                            .await
+                            .unwrap_or_else(|e| {
+                                panic!("deposit {} on host {host} failed: {e}", answers.len())
+                            });
+                        let event = &body["events"][0];
+                        answers.push(Answer {
+                            host: host.clone(),
+                            sent,
+                            component: body["component"].as_str().unwrap().to_string(),
+                            schema_version: event["schema_version"].as_u64().unwrap(),
+                            has_currency: event["payload"]["currency"].is_string(),
+                        });
+                    }
+                    answers
+                }));
+            }
+        }
+        Self { stop, tasks }
+    }
+
+    async fn stop(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("a load task panicked"));
+        }
+        all
+    }
+}
+
+/// For each host: how long after `activated` it still answered with another component than
+/// `hash` (zero when it never did). Asserts the answer's hash matches the event written.
+fn lag_per_host(
+    answers: &[Answer],
+    activated: Instant,
+    hash: &str,
+    v2: &str,
+) -> Vec<(String, Duration)> {
+    for a in answers {
+        let is_v2 = a.component == v2;
+        assert_eq!(
+            (a.schema_version == 2, a.has_currency),
+            (is_v2, is_v2),
+            "host {} answered component {} but the event has schema {} (currency: {})",
+            a.host,
+            a.component,
+            a.schema_version,
+            a.has_currency
+        );
+    }
+    let mut hosts: Vec<String> = answers.iter().map(|a| a.host.clone()).collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+        .into_iter()
+        .map(|h| {
+            let lag = answers
+                .iter()
+                .filter(|a| a.host == h && a.component != hash && a.sent > activated)
+                .map(|a| a.sent - activated)
+                .max()
+                .unwrap_or_default();
+            let after = answers
+                .iter()
+                .filter(|a| a.host == h && a.sent > activated + lag)
+                .count();
+            assert!(
+                after > 0,
+                "host {h} answered nothing after the change: the load is too short"
+            );
+            (h, lag)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_scenarios() {
+    let Some(nats) = NatsCluster::start_or_skip("cluster end-to-end") else {
+        return;
+    };
+    eprintln!("CLUSTER nats-server {}", nats.version());
+    let mut cluster = Cluster {
+        nats,
+        dir: tempfile::tempdir().unwrap(),
+        hosts: Vec::new(),
+    };
+    for id in ["a", "b", "c"] {
+        let host = cluster.start_host(id);
+        cluster.hosts.push((id.to_string(), host));
+    }
+    let view = cluster
+        .host("a")
+        .client()
+        .admin(reqwest::Method::GET, "/admin/cluster", None)
+        .await
+        .unwrap();
+    assert_eq!(view["live_hosts"], 3, "{view}");
+
+    deploys_reach_every_host_under_load(&cluster).await;
+    late_empty_and_corrupted_hosts_serve_the_active_version(&mut cluster).await;
+    concurrent_deploys_end_in_one_history(&cluster).await;
+    nats_restarts_lose_no_change_and_leak_no_consumer(&mut cluster).await;
+}
+
+async fn deploys_reach_every_host_under_load(cluster: &Cluster) {
+    let what = "deploy under load";
+    let clients = cluster.clients();
+    let (a, b, c) = (&clients[0].1, &clients[1].1, &clients[2].1);
+    let v1 = a
+        .deploy(TYPE, wasm(example_artifacts::BANK_ACCOUNT))
+        .await
+        .unwrap();
+    let v1_hash = v1["component"].as_str().unwrap().to_string();
+    assert_eq!(v1["cluster"]["acknowledged"], 3, "{what}: {v1}");
+    wait_all(&clients, TYPE, Duration::from_secs(5), what, |e| {
+        e.as_ref().is_some_and(|(h, _)| *h == v1_hash)
+    })
+    .await;
+    let v2_bytes = wasm(example_artifacts::BANK_ACCOUNT_V2);
+    let v2_hash = aggregate_host::types::ComponentHash::of(&v2_bytes).to_string();
+
+    // Deploy v2 through a.
+    let load = Load::start(&clients, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deployed = a.deploy(TYPE, v2_bytes).await.unwrap();
+    let activated = Instant::now();
+    assert_eq!(deployed["component"], v2_hash.as_str());
+    assert_eq!(deployed["cluster"]["acknowledged"], 3, "{what}: {deployed}");
+    assert_eq!(
+        deployed["cluster"]["not_acknowledged"],
+        json!([]),
+        "{deployed}"
+    );
+    let seen = wait_all(&clients, TYPE, PROPAGATION_BOUND, what, |e| {
+        e.as_ref().is_some_and(|(h, _)| *h == v2_hash)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answers = load.stop().await;
+    let lags = lag_per_host(&answers, activated, &v2_hash, &v2_hash);
+    eprintln!(
+        "CLUSTER deploy propagation: admin view {seen:?}; last old answer after activation {lags:?}; {} commands, 0 failed",
+        answers.len()
+    );
+    for (h, lag) in &lags {
+        assert!(
+            *lag <= PROPAGATION_BOUND,
+            "{what}: host {h} answered with the old component {lag:?} after activation"
+        );
+    }
+
+    // Roll back through b.
+    let what = "rollback under load";
+    let load = Load::start(&clients, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rolled = b
+        .admin(
+            reqwest::Method::POST,
+            &format!("/admin/aggregates/{TYPE}/rollback"),
+            None,
+        )
+        .await
+        .unwrap();
+    let activated = Instant::now();
+    assert_eq!(rolled["component"], v1_hash.as_str(), "{rolled}");
+    assert_eq!(rolled["cluster"]["acknowledged"], 3, "{what}: {rolled}");
+    let seen = wait_all(&clients, TYPE, PROPAGATION_BOUND, what, |e| {
+        e.as_ref().is_some_and(|(h, _)| *h == v1_hash)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let answers = load.stop().await;
+    let lags = lag_per_host(&answers, activated, &v1_hash, &v2_hash);
+    eprintln!(
+        "CLUSTER rollback propagation: admin view {seen:?}; last old answer after activation {lags:?}; {} commands, 0 failed",
+        answers.len()
+    );
+    for (h, lag) in &lags {
+        assert!(*lag <= PROPAGATION_BOUND, "{what}: host {h} lag {lag:?}");
+    }
+
+    // Change limits through c: every host applies them, commands keep succeeding.
+    let what = "limits change under load";
+    let load = Load::start(&clients, 1).await;
+    let changed = c
+        .admin(
+            reqwest::Method::PUT,
+            &format!("/admin/aggregates/{TYPE}/limits"),
+            Some(&json!({"fuel": 123_456_789u64, "max_events": 7})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed["limits"]["fuel"], 123_456_789u64, "{changed}");
+    let seen = wait_all(&clients, TYPE, PROPAGATION_BOUND, what, |e| {
+        e.as_ref().is_some_and(|(h, entry)| {
+            *h == v1_hash
+                && entry["limits"]["fuel"] == 123_456_789u64
+                && entry["limits"]["max_events"] == 7
+        })
+    })
+    .await;
+    let answers = load.stop().await;
+    assert!(!answers.is_empty());
+    eprintln!("CLUSTER limits propagation: {seen:?}");
+}
+
+async fn late_empty_and_corrupted_hosts_serve_the_active_version(cluster: &mut Cluster) {
+    let what = "late, empty and corrupted hosts";
+    let a = cluster.host("a").client();
+    let (hash, _) = active(&a, TYPE).await.expect("deployed");
+
+    // A host started after the deploy.
+    let d = cluster.start_host("d");
+    let (d_hash, _) = active(&d.client(), TYPE)
+        .await
+        .unwrap_or_else(|| panic!("{what}: d does not serve {TYPE}"));
+    assert_eq!(d_hash, hash, "{what}: a host started after the deploy");
+    let answer = d
+        .client()
+        .send(TYPE, &new_id(), "open", &json!({"owner": "late"}))
+        .await
+        .unwrap();
+    assert_eq!(answer["component"], hash.as_str(), "{answer}");
+    assert!(
+        d.log().contains("fetched from the component store"),
+        "{what}: d should have fetched the blob"
+    );
+
+    // c restarted with an empty data dir.
+    cluster.stop_host("c");
+    std::fs::remove_dir_all(cluster.data_dir("c")).unwrap();
+    let c = cluster.start_host("c");
+    assert_eq!(
+        active(&c.client(), TYPE).await.map(|(h, _)| h),
+        Some(hash.clone()),
+        "{what}: c restarted empty"
+    );
+    cluster.hosts.push(("c".into(), c));
+
+    // b's local blob corrupted while it is down: detected and fetched again.
+    cluster.stop_host("b");
+    let blob = cluster
+        .data_dir("b")
+        .join("components")
+        .join(format!("{}.wasm", hash.trim_start_matches("sha256:")));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, &bytes).unwrap();
+    // Precompiled artifacts are a cache too: drop them so the blob is what is read.
+    let _ = std::fs::remove_dir_all(cluster.data_dir("b").join("artifacts"));
+    let b = cluster.start_host("b");
+    assert!(
+        b.log()
+            .contains("local blob missing or damaged; fetching it"),
+        "{what}: b did not notice its damaged blob"
+    );
+    let repaired = std::fs::read(&blob).unwrap();
+    assert_eq!(
+        aggregate_host::types::ComponentHash::of(&repaired).to_string(),
+        hash,
+        "{what}: the local copy was not repaired"
+    );
+    let answer = b
+        .client()
+        .send(TYPE, &new_id(), "open", &json!({"owner": "repaired"}))
+        .await
+        .unwrap();
+    assert_eq!(answer["component"], hash.as_str(), "{answer}");
+    cluster.hosts.insert(1, ("b".into(), b));
+
+    // d leaves cleanly: it disappears from the view at once.
+    let mut d = d;
+    assert!(d.stop().success());
+    let view = a
+        .admin(reqwest::Method::GET, "/admin/cluster", None)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = view["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c"], "{what}: {view}");
+}
+
+async fn concurrent_deploys_end_in_one_history(cluster: &Cluster) {
+    let clients = cluster.clients();
+    let (a, b) = (clients[0].1.clone(), clients[1].1.clone());
+    let v1 = wasm(example_artifacts::BANK_ACCOUNT);
+    let v2 = wasm(example_artifacts::BANK_ACCOUNT_V2);
+    for round in 0..5 {
+        let what = format!("concurrent deploys, round {round}");
+        let ty = format!("race-{round}");
+        let (first, second) = if round % 2 == 0 {
+            (v1.clone(), v2.clone())
+        } else {
+            (v2.clone(), v1.clone())
+        };
+        let (ra, rb) = tokio::join!(a.deploy(&ty, first), b.deploy(&ty, second));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let mut versions = [
+            ra["version"].as_u64().unwrap(),
+            rb["version"].as_u64().unwrap(),
+        ];
+        versions.sort();
+        assert_eq!(versions, [1, 2], "{what}: {ra} {rb}");
+        let last = if ra["version"] == 2 { &ra } else { &rb };
+        let winner = last["component"].as_str().unwrap().to_string();
+        wait_all(&clients, &ty, Duration::from_secs(5), &what, |e| {
+            e.as_ref().is_some_and(|(h, entry)| {
+                *h == winner && entry["version"] == 2 && entry["earlier_components"] == 1
+            })
+        })
+        .await;
+        let history = a
+            .admin(
+                reqwest::Method::GET,
+                &format!("/admin/aggregates/{ty}/versions"),
+                None,
+            )
+            .await
+            .unwrap();
+        let components: Vec<&str> = history["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["component"].as_str().unwrap())
+            .collect();
+        let loser = if ra["version"] == 2 { &rb } else { &ra };
+        assert_eq!(
+            components,
+            [loser["component"].as_str().unwrap(), winner.as_str()],
+            "{what}: {history}"
+        );
+    }
+}
+
+async fn manifest_consumers(urls: &str) -> usize {
+    let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
+    let client = async_nats::connect(urls).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("KV_AGGREGATE_MANIFEST").await.unwrap();
+    stream.info().await.unwrap().state.consumer_count
+}
+
+async fn nats_restarts_lose_no_change_and_leak_no_consumer(cluster: &mut Cluster) {
+    let what = "NATS restarts";
+    let before = manifest_consumers(&cluster.nats.urls()).await;
+    let mut restarts = 0;
+    for round in 0..3 {
+        for node in 0..3 {
+            let started = Instant::now();
+            cluster.nats.restart(node);
+            cluster.nats.wait_meta_leader(Duration::from_secs(60));
+            restarts += 1;
+            eprintln!(
+                "CLUSTER restart {restarts} (round {round}, node {node}) took {:?}",
+                started.elapsed()
+            );
+        }
+    }
+    for node in 0..3 {
+        cluster.nats.stop(node);
+    }
+    for node in 0..3 {
+        cluster.nats.start(node);
+    }
+    cluster.nats.wait_meta_leader(Duration::from_secs(60));
+    restarts += 1;
+    assert_eq!(restarts, 10);
+
+    // Every host becomes ready again on its own.
+    for (_, host) in &cluster.hosts {
+        host.wait_ready(Duration::from_secs(60));
+    }
+    let clients = cluster.clients();
+    let v2_bytes = wasm(example_artifacts::BANK_ACCOUNT_V2);
+    let v2_hash = aggregate_host::types::ComponentHash::of(&v2_bytes).to_string();
+    let c = &clients[2].1;
+    let deployed = {
+        let started = Instant::now();
+        loop {
+            match c.deploy(TYPE, v2_bytes.clone()).await {
+                Ok(v) => break v,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("{what}: deploy refused while NATS settles: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("{what}: deploy after the restarts: {e}"),
+            }
+        }
+    };
+    assert_eq!(deployed["component"], v2_hash.as_str(), "{deployed}");
+    let seen = wait_all(&clients, TYPE, Duration::from_secs(10), what, |e| {
+        e.as_ref().is_some_and(|(h, _)| *h == v2_hash)
+    })
+    .await;
+    eprintln!("CLUSTER after 10 NATS restarts: deploy reached every host {seen:?}");
+    for (host, client) in &clients {
+        let answer = client
+            .send(TYPE, &new_id(), "open", &json!({"owner": "after"}))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: a command on {host}: {e}"));
+        assert_eq!(answer["component"], v2_hash.as_str());
+    }
+
+    // One watch per host; consumers of watches that ended are removed by the server (ordered
+    // consumers expire 30 s after their subscriber is gone), so the count settles to the hosts'.
+    let hosts = cluster.hosts.len();
+    let started = Instant::now();
+    let mut count = manifest_consumers(&cluster.nats.urls()).await;
+    let right_after = count;
+    while count > hosts && started.elapsed() < Duration::from_secs(75) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        count = manifest_consumers(&cluster.nats.urls()).await;
+    }
+    eprintln!(
+        "CLUSTER manifest consumers: {before} before the restarts, {right_after} right after, {count} after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        count <= hosts,
+        "{what}: {count} consumers on the manifest bucket for {hosts} hosts after {restarts} restarts"
+    );
+}
