@@ -310,14 +310,20 @@ impl Config {
             return Err(err("data_dir", "must not be empty"));
         }
         if let Some(url) = &self.nats_url {
-            let ok = ["nats://", "tls://", "ws://", "wss://"]
-                .iter()
-                .any(|p| url.starts_with(p))
-                || !url.contains("://");
-            if !ok || url.contains(char::is_whitespace) {
+            // One URL, or several separated by commas (the nodes of a cluster).
+            let bad = url.split(',').map(str::trim).find(|u| {
+                let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+                    .iter()
+                    .any(|p| u.starts_with(p))
+                    || !u.contains("://");
+                u.is_empty() || !scheme_ok || u.contains(char::is_whitespace)
+            });
+            if let Some(u) = bad {
                 return Err(err(
                     "nats_url",
-                    format!("{url:?} is not a NATS URL (nats://host:port)"),
+                    format!(
+                        "{u:?} is not a NATS URL (nats://host:port, or several separated by commas)"
+                    ),
                 ));
             }
         }
@@ -543,6 +549,12 @@ mod tests {
         assert_eq!(e.field, "stream");
         let e = Config::load(None, env(&[("AGGREGATE_NATS_URL", "http://x:4222")])).unwrap_err();
         assert_eq!(e.field, "nats_url");
+        let e = Config::load(
+            None,
+            env(&[("AGGREGATE_NATS_URL", "nats://a:4222,http://b:4222")]),
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("http://b:4222"), "{e}");
         let e = Config::load(None, env(&[("AGGREGATE_NATS_CONNECT", "eventually")])).unwrap_err();
         assert_eq!(e.field, "AGGREGATE_NATS_CONNECT");
         let e = Config::load(None, env(&[("AGGREGATE_NATS_REQUEST_TIMEOUT_MS", "0")])).unwrap_err();

@@ -273,6 +273,23 @@ async fn cluster_scenarios() {
         .await
         .unwrap();
     assert_eq!(view["live_hosts"], 3, "{view}");
+    // `aggregate-host cluster` prints the same view.
+    let out = std::process::Command::new(support::BINARY)
+        .args(["cluster", "--admin", &cluster.host("b").admin])
+        .args(["--token", support::TOKEN])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["host_id"], "b", "{printed}");
+    let live: Vec<&str> = printed["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["live"] == true)
+        .map(|h| h["host_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(live, ["a", "b", "c"], "{printed}");
 
     deploys_reach_every_host_under_load(&cluster).await;
     late_empty_and_corrupted_hosts_serve_the_active_version(&mut cluster).await;
@@ -515,6 +532,28 @@ async fn concurrent_deploys_end_in_one_history(cluster: &Cluster) {
     }
 }
 
+/// Change limits through `client`, retrying while NATS elects leaders (bounded).
+async fn change_limits(client: &Client, limits: Value, what: &str) {
+    let started = Instant::now();
+    loop {
+        match client
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/admin/aggregates/{TYPE}/limits"),
+                Some(&limits),
+            )
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                eprintln!("{what}: limits change refused while NATS settles: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{what}: limits change: {e}"),
+        }
+    }
+}
+
 async fn manifest_consumers(urls: &str) -> usize {
     let urls: Vec<String> = urls.split(',').map(str::to_string).collect();
     let client = async_nats::connect(urls).await.unwrap();
@@ -527,18 +566,24 @@ async fn nats_restarts_lose_no_change_and_leak_no_consumer(cluster: &mut Cluster
     let what = "NATS restarts";
     let before = manifest_consumers(&cluster.nats.urls()).await;
     let mut restarts = 0;
+    let clients = cluster.clients();
     for round in 0..3 {
         for node in 0..3 {
             let started = Instant::now();
             cluster.nats.restart(node);
             cluster.nats.wait_meta_leader(Duration::from_secs(60));
             restarts += 1;
+            // A change right after each restart, through each host in turn: none may be lost.
+            let fuel = 100_000_000 + restarts;
+            let (_, client) = &clients[restarts as usize % clients.len()];
+            change_limits(client, json!({ "fuel": fuel }), what).await;
             eprintln!(
-                "CLUSTER restart {restarts} (round {round}, node {node}) took {:?}",
+                "CLUSTER restart {restarts} (round {round}, node {node}) and a limits change took {:?}",
                 started.elapsed()
             );
         }
     }
+    let last_fuel = 100_000_000 + restarts;
     for node in 0..3 {
         cluster.nats.stop(node);
     }
@@ -572,7 +617,8 @@ async fn nats_restarts_lose_no_change_and_leak_no_consumer(cluster: &mut Cluster
     };
     assert_eq!(deployed["component"], v2_hash.as_str(), "{deployed}");
     let seen = wait_all(&clients, TYPE, Duration::from_secs(10), what, |e| {
-        e.as_ref().is_some_and(|(h, _)| *h == v2_hash)
+        e.as_ref()
+            .is_some_and(|(h, entry)| *h == v2_hash && entry["limits"]["fuel"] == last_fuel)
     })
     .await;
     eprintln!("CLUSTER after 10 NATS restarts: deploy reached every host {seen:?}");
