@@ -10,7 +10,9 @@
 //!    local blob was corrupted serve the active version without any deploy call;
 //! 3. concurrent deploys of different components for one type through two hosts end with every
 //!    host on the same component and one line of versions;
-//! 4. ten NATS node restarts (each node in turn, then all three) with the hosts running: a deploy
+//! 4. a host that does not acknowledge a deploy (paused) is named in the answer, the deploy is
+//!    activated without it after `deploy_ack_timeout_ms`, and the host catches up;
+//! 5. ten NATS node restarts (each node in turn, then all three) with the hosts running: a deploy
 //!    afterwards reaches every host, and the manifest bucket's consumers stay bounded.
 
 #[path = "../e2e/support.rs"]
@@ -294,6 +296,7 @@ async fn cluster_scenarios() {
     deploys_reach_every_host_under_load(&cluster).await;
     late_empty_and_corrupted_hosts_serve_the_active_version(&mut cluster).await;
     concurrent_deploys_end_in_one_history(&cluster).await;
+    a_host_that_does_not_acknowledge_is_named_and_catches_up(&cluster).await;
     nats_restarts_lose_no_change_and_leak_no_consumer(&mut cluster).await;
 }
 
@@ -552,6 +555,50 @@ async fn change_limits(client: &Client, limits: Value, what: &str) {
             Err(e) => panic!("{what}: limits change: {e}"),
         }
     }
+}
+
+fn signal(host: &HostProcess, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), host.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal}");
+}
+
+async fn a_host_that_does_not_acknowledge_is_named_and_catches_up(cluster: &Cluster) {
+    let what = "a paused host";
+    let ty = "paused-type";
+    let clients = cluster.clients();
+    let c = cluster.host("c");
+    // c is paused: still live in the membership view (for host_ttl_ms), but it cannot answer.
+    signal(c, "STOP");
+    let started = Instant::now();
+    let deployed = clients[0]
+        .1
+        .deploy(ty, wasm(example_artifacts::BANK_ACCOUNT))
+        .await;
+    let took = started.elapsed();
+    signal(c, "CONT");
+    let deployed = deployed.unwrap();
+    assert_eq!(deployed["cluster"]["acknowledged"], 2, "{what}: {deployed}");
+    assert_eq!(
+        deployed["cluster"]["not_acknowledged"],
+        json!(["c"]),
+        "{what}: {deployed}"
+    );
+    assert!(
+        took >= Duration::from_secs(20),
+        "{what}: the deploy did not wait for the acknowledgement timeout ({took:?})"
+    );
+    let hash = deployed["component"].as_str().unwrap().to_string();
+    // Activated without c; c catches up from the watch once it runs again.
+    let seen = wait_all(&clients, ty, Duration::from_secs(30), what, |e| {
+        e.as_ref().is_some_and(|(h, _)| *h == hash)
+    })
+    .await;
+    eprintln!(
+        "CLUSTER paused host: deploy answered after {took:?}, every host had it after {seen:?}"
+    );
 }
 
 async fn manifest_consumers(urls: &str) -> usize {
