@@ -41,6 +41,23 @@ pub fn binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Whether every thread of process `pid` is stopped (`T` in `/proc/<pid>/task/*/stat`); true
+/// where `/proc` cannot be read.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next())
+            })
+            .is_none_or(|state| state == 'T' || state == 't')
+    })
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -126,6 +143,15 @@ impl NatsServer {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{signal} nats-server failed");
+        if signal == "STOP" {
+            // Return only once every thread of the server is stopped, so that nothing sent after
+            // this call is answered.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !all_threads_stopped(child.id()) {
+                assert!(Instant::now() < deadline, "nats-server did not stop");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     fn spawn(&mut self) {
