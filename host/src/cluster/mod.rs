@@ -465,6 +465,15 @@ impl Cluster {
     }
 
     async fn open(&self) -> Result<Parts, ClusterError> {
+        // The client connects in the background (`retry_on_initial_connect`): wait for it a
+        // moment rather than fail and back off while it is about to be up.
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        while self.client.connection_state() != async_nats::connection::State::Connected
+            && tokio::time::Instant::now() < deadline
+            && !self.stopping()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let info = self.client.server_info();
         if info.server_id.is_empty() {
             return Err(ClusterError::Unavailable("NATS not connected yet".into()));
@@ -623,8 +632,12 @@ impl Cluster {
         };
         match load(self.registry.clone(), ty.clone(), *hash).await? {
             Ok(()) => Ok(()),
-            Err(RegistryError::UnknownComponent(_)) | Err(RegistryError::CorruptBlob { .. }) => {
-                tracing::info!(aggregate_type = %ty, component = %hash, "local blob missing or damaged; fetching it");
+            Err(e @ (RegistryError::UnknownComponent(_) | RegistryError::CorruptBlob { .. })) => {
+                if matches!(e, RegistryError::CorruptBlob { .. }) {
+                    tracing::warn!(aggregate_type = %ty, component = %hash, error = %e, "local blob damaged; fetching it again");
+                } else {
+                    tracing::info!(aggregate_type = %ty, component = %hash, "component not in the local cache; fetching it");
+                }
                 self.fetch_blob(hash).await?;
                 Ok(load(self.registry.clone(), ty.clone(), *hash).await??)
             }
