@@ -447,8 +447,7 @@ async fn late_empty_and_corrupted_hosts_serve_the_active_version(cluster: &mut C
     let _ = std::fs::remove_dir_all(cluster.data_dir("b").join("artifacts"));
     let b = cluster.start_host("b");
     assert!(
-        b.log()
-            .contains("local blob missing or damaged; fetching it"),
+        b.log().contains("local blob damaged; fetching it again"),
         "{what}: b did not notice its damaged blob"
     );
     let repaired = std::fs::read(&blob).unwrap();
@@ -571,10 +570,38 @@ async fn a_host_that_does_not_acknowledge_is_named_and_catches_up(cluster: &Clus
     // c is paused: still live in the membership view (for host_ttl_ms), but it cannot answer.
     signal(c, "STOP");
     let started = Instant::now();
-    let deployed = clients[0]
-        .1
-        .deploy(ty, wasm(example_artifacts::BANK_ACCOUNT))
-        .await;
+    let deploying = {
+        let a = clients[0].1.clone();
+        tokio::spawn(async move { a.deploy(ty, wasm(example_artifacts::BANK_ACCOUNT)).await })
+    };
+    // A host that stops heart-beating leaves the live view within host_ttl_ms (3 s here).
+    let silent_after = loop {
+        let view = clients[1]
+            .1
+            .admin(reqwest::Method::GET, "/admin/cluster", None)
+            .await
+            .unwrap();
+        let c_live = view["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["host_id"] == "c" && h["live"] == true);
+        if !c_live {
+            assert_eq!(view["live_hosts"], 2, "{what}: {view}");
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: c still live after {:?}: {view}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        silent_after <= Duration::from_millis(4500),
+        "{what}: c left the live view only after {silent_after:?}"
+    );
+    let deployed = deploying.await.unwrap();
     let took = started.elapsed();
     signal(c, "CONT");
     let deployed = deployed.unwrap();
@@ -594,9 +621,24 @@ async fn a_host_that_does_not_acknowledge_is_named_and_catches_up(cluster: &Clus
         e.as_ref().is_some_and(|(h, _)| *h == hash)
     })
     .await;
-    eprintln!(
-        "CLUSTER paused host: deploy answered after {took:?}, every host had it after {seen:?}"
-    );
+    eprintln!("CLUSTER paused host: not live after {silent_after:?}; deploy answered after {took:?}, every host had it after {seen:?}");
+    // Back to live once it heart-beats again.
+    let back = Instant::now();
+    loop {
+        let view = clients[0]
+            .1
+            .admin(reqwest::Method::GET, "/admin/cluster", None)
+            .await
+            .unwrap();
+        if view["live_hosts"] == 3 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "{what}: c not live again: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn manifest_consumers(urls: &str) -> usize {
