@@ -73,7 +73,13 @@ impl Cluster {
     }
 
     fn start_host(&self, id: &str) -> HostProcess {
-        let host = HostProcess::start(&self.data_dir(id), &self.vars(id));
+        self.start_host_with(id, &[])
+    }
+
+    fn start_host_with(&self, id: &str, extra: &[(&str, &str)]) -> HostProcess {
+        let mut vars = self.vars(id);
+        vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let host = HostProcess::start(&self.data_dir(id), &vars);
         host.wait_ready(Duration::from_secs(60));
         host
     }
@@ -295,6 +301,7 @@ async fn cluster_scenarios() {
     late_empty_and_corrupted_hosts_serve_the_active_version(&mut cluster).await;
     concurrent_deploys_end_in_one_history(&cluster).await;
     a_host_that_does_not_acknowledge_is_named_and_catches_up(&cluster).await;
+    refusals_and_missing_blobs(&cluster).await;
     nats_restarts_lose_no_change_and_leak_no_consumer(&mut cluster).await;
 }
 
@@ -639,6 +646,80 @@ async fn a_host_that_does_not_acknowledge_is_named_and_catches_up(cluster: &Clus
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A host that cannot honour a change refuses it (nothing is activated); a blob missing from the
+/// component store is reported by the hosts that need it, without making them unready, and a
+/// deploy of the same bytes puts it back.
+async fn refusals_and_missing_blobs(cluster: &Cluster) {
+    let what = "refusals and missing blobs";
+    let clients = cluster.clients();
+    let a = &clients[0].1;
+    // d allows guests at most 100 MiB of memory; the others 256 MiB (the default).
+    let d = cluster.start_host_with("d", &[("AGGREGATE_MAX_MEMORY_MB", "100")]);
+    let before = active(a, TYPE).await.expect("deployed").1;
+    let refused = support::problem(
+        a.admin(
+            reqwest::Method::PUT,
+            &format!("/admin/aggregates/{TYPE}/limits"),
+            Some(&json!({"max_memory_bytes": 128u64 << 20})),
+        )
+        .await,
+        409,
+        "host-refused",
+    );
+    assert!(
+        refused["refused"]["d"]
+            .as_str()
+            .is_some_and(|r| r.contains("max_memory_bytes")),
+        "{what}: {refused}"
+    );
+    for (id, client) in clients.iter().chain([("d".to_string(), d.client())].iter()) {
+        let now = active(client, TYPE).await.expect("deployed").1;
+        assert_eq!(now["limits"], before["limits"], "{what}: host {id} changed");
+    }
+
+    // The component store loses the blob of `repair-type`'s component.
+    let v1 = wasm(example_artifacts::BANK_ACCOUNT);
+    let hash = aggregate_host::types::ComponentHash::of(&v1).to_string();
+    a.deploy("repair-type", v1.clone()).await.unwrap();
+    let urls: Vec<String> = cluster.nats.urls().split(',').map(str::to_string).collect();
+    let js = async_nats::jetstream::new(async_nats::connect(urls).await.unwrap());
+    js.get_object_store("AGGREGATE_COMPONENTS")
+        .await
+        .unwrap()
+        .delete(&hash)
+        .await
+        .unwrap();
+    // A new, empty host needs it: it names the entries it cannot install, and stays ready.
+    let mut e = cluster.start_host("e");
+    let view = e
+        .client()
+        .admin(reqwest::Method::GET, "/admin/cluster", None)
+        .await
+        .unwrap();
+    let error = view["install_errors"]["repair-type"].as_str().unwrap_or("");
+    assert!(
+        error.contains("not in the component store"),
+        "{what}: {view}"
+    );
+    e.client().ready().await.unwrap();
+    // Deploying the same bytes again changes nothing in the manifest but puts the blob back;
+    // e then installs the entries on its next reconciliation.
+    let again = a.deploy("repair-type", v1).await.unwrap();
+    assert_eq!(again["changed"], false, "{again}");
+    let healed = wait_all(
+        &[("e".to_string(), e.client())],
+        "repair-type",
+        Duration::from_secs(10),
+        what,
+        |x| x.as_ref().is_some_and(|(h, _)| *h == hash),
+    )
+    .await;
+    eprintln!("CLUSTER missing blob: e installed the entry {healed:?} after the repairing deploy");
+    assert!(e.stop().success());
+    let mut d = d;
+    assert!(d.stop().success());
 }
 
 async fn manifest_consumers(urls: &str) -> usize {

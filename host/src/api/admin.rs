@@ -313,6 +313,14 @@ async fn limits(
     let body = super::body::read(body, SMALL_BODY, "limits").await?;
     let change: serde_json::Map<String, Value> =
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("limits: {e}")))?;
+    if let Some(cluster) = &st.0.cluster {
+        // From the bucket's entry, not from what this host has installed.
+        let (limits, revision) = cluster.change_limits(&ty, &change).await?;
+        return Ok(AxumJson(
+            json!({ "aggregate_type": ty, "limits": limits, "cluster": { "revision": revision } }),
+        )
+        .into_response());
+    }
     let current = st.0.registry.resolve(&ty)?.limits;
     let mut merged =
         serde_json::to_value(current).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -322,23 +330,6 @@ async fn limits(
     obj.extend(change);
     let limits: Limits =
         serde_json::from_value(merged).map_err(|e| ApiError::BadRequest(format!("limits: {e}")))?;
-    if let Some(cluster) = &st.0.cluster {
-        let new = limits.clone();
-        let revision = cluster
-            .update(
-                &ty,
-                move |e| {
-                    e.limits = new.clone();
-                    Ok(())
-                },
-                st.0.runtime.config().max_memory_bytes,
-            )
-            .await?;
-        return Ok(AxumJson(
-            json!({ "aggregate_type": ty, "limits": limits, "cluster": { "revision": revision } }),
-        )
-        .into_response());
-    }
     let registry = st.0.registry.clone();
     let (update_ty, new) = (ty.clone(), limits.clone());
     blocking(move || {

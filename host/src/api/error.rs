@@ -100,6 +100,8 @@ problem_types! {
         "The tenant is drained on this host (`/admin/drain`); commands are refused until it is resumed.";
     ShuttingDown = "shutting-down", 503, "Shutting down",
         "The host is shutting down and accepts no new commands.";
+    HostRefused = "host-refused", 409, "Refused by a host",
+        "Cluster mode: a live host refused the deploy, rollback or limits change in its prepare phase (`refused` maps each host id to its reason, e.g. limits above its `max_memory_mb`); nothing was activated.";
     NotReady = "not-ready", 503, "Not ready",
         "A readiness check failed (`checks` lists each with its status).";
 }
@@ -178,6 +180,10 @@ pub enum ApiError {
     /// The cluster control plane (NATS) cannot be reached now.
     #[error("{0}")]
     ClusterUnavailable(String),
+    /// The cluster refused a change (a host refused it, the entry changed meanwhile, or the
+    /// manifest bucket holds something unusable).
+    #[error(transparent)]
+    Cluster(crate::cluster::ClusterError),
     /// Anything unexpected.
     #[error("internal error: {0}")]
     Internal(String),
@@ -189,7 +195,7 @@ impl From<crate::cluster::ClusterError> for ApiError {
         match e {
             C::Registry(r) => ApiError::Registry(r),
             C::Unavailable(m) => ApiError::ClusterUnavailable(m),
-            C::BadEntry { .. } => ApiError::Internal(e.to_string()),
+            e => ApiError::Cluster(e),
         }
     }
 }
@@ -373,6 +379,18 @@ impl ApiError {
                 P::Unavailable,
                 format!("the cluster control plane is unavailable ({m}); retry later"),
             ),
+            ApiError::Cluster(e) => {
+                use crate::cluster::ClusterError as C;
+                match e {
+                    C::Refused(refused) => Problem::new(P::HostRefused, e.to_string())
+                        .with("refused", serde_json::to_value(refused).unwrap_or_default()),
+                    C::Conflict(_) => Problem::new(P::VersionConflict, e.to_string()),
+                    C::BadEntry { .. } | C::MissingBlob(_) => {
+                        Problem::new(P::InvalidManifest, e.to_string())
+                    }
+                    C::Registry(_) | C::Unavailable(_) => Problem::new(P::Internal, opaque),
+                }
+            }
             ApiError::Internal(_) => Problem::new(P::Internal, opaque),
         }
     }

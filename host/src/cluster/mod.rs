@@ -13,19 +13,24 @@
 //!   backoff) and **reconciles** against it periodically, installing each change with the
 //!   registry's atomic swap: commands in flight finish on the entry they resolved.
 //! - A **deploy is two-phase**: the receiving host checks and compiles the component, puts the
-//!   blob, asks every live host on [`PREPARE_SUBJECT`] to fetch and precompile it, waits for
-//!   their acknowledgements (at most `deploy_ack_timeout`), then activates it with a
-//!   compare-and-set on the type's key — so concurrent deploys of one type end in one history
-//!   with no version number used twice. Hosts that did not acknowledge are named in the answer
-//!   and catch up from the watch (activation does not wait for them: a host that is down must
-//!   not block deploys).
+//!   blob, asks every live host on [`PREPARE_SUBJECT`] to fetch and precompile it and to check
+//!   the entry's limits, waits for their acknowledgements (at most `deploy_ack_timeout`), then
+//!   activates it with a compare-and-set on the type's key — so concurrent deploys of one type
+//!   end in one history with no version number used twice. Activation policy: a host that
+//!   answers with an error refuses the change (nothing is activated, the answer names it and
+//!   why); hosts that do not answer in time are named in the answer and catch up from the
+//!   watch (a host that is down must not block deploys). Rollbacks and limits changes go
+//!   through the same prepare phase.
 //! - **Membership**: each host puts a [`Member`] record under its id in [`HOSTS_BUCKET`] every
 //!   heartbeat; a record older than `host_ttl` is not live (the bucket's `max_age` removes it),
 //!   and a clean shutdown deletes it at once.
 //!
-//! Facts this builds on (KV watches are ordered push consumers that end on errors; an empty
-//! bucket never signals "caught up"; the Object Store checks its digest only at the end of a
-//! read) are in `CLUSTER.md`.
+//! Facts this builds on, from the async-nats 0.51 sources: KV watches are ordered push consumers
+//! that async-nats re-creates after missed heartbeats and that end on errors (their server-side
+//! consumer expires 30 s after its subscriber is gone); an empty bucket never signals "caught
+//! up", so catching up is a read of every key, not a wait for the watch; the Object Store checks
+//! an object's digest only at the end of a read. Liveness compares each host's heartbeat time
+//! with the reader's clock: hosts need synchronised clocks (NTP) within `host_ttl`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -101,6 +106,16 @@ pub enum ClusterError {
         /// What is wrong.
         reason: String,
     },
+    /// A component the manifest names is not in the component store.
+    #[error("component {0} is not in the component store {COMPONENT_STORE}")]
+    MissingBlob(ComponentHash),
+    /// Live hosts refused the change (their answers name why); nothing was activated.
+    #[error("not activated: {} refused it ({})", .0.keys().cloned().collect::<Vec<_>>().join(", "), .0.values().cloned().collect::<Vec<_>>().join("; "))]
+    Refused(BTreeMap<String, String>),
+    /// The entry changed while the operation ran (e.g. two rollbacks at once); nothing was
+    /// activated, retry.
+    #[error("the manifest entry of `{0}` changed meanwhile; nothing was activated, retry")]
+    Conflict(AggregateType),
 }
 
 fn unavailable<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> ClusterError + '_ {
@@ -128,6 +143,12 @@ pub struct Member {
     pub caught_up: bool,
     /// Aggregate type → the component the host serves for it.
     pub components: BTreeMap<AggregateType, ComponentHash>,
+    /// Manifest keys this host could not install, and why.
+    #[serde(default)]
+    pub install_errors: BTreeMap<String, String>,
+    /// Random per process start: tells two processes that use one host id apart.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// A host as the cluster view shows it.
@@ -151,6 +172,9 @@ pub struct Prepare {
     pub aggregate_type: AggregateType,
     /// The component to fetch and precompile.
     pub component: ComponentHash,
+    /// The limits the entry will have: the host checks it can honour them.
+    #[serde(default)]
+    pub limits: Option<Limits>,
 }
 
 /// A host's answer to [`Prepare`].
@@ -192,8 +216,8 @@ pub struct ClusterDeployed {
 /// Where the control plane stands, for `/ready`, `/admin/cluster` and the heartbeat.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClusterHealth {
-    /// True when the buckets are open and the host has caught up with the manifest, with no
-    /// entry it failed to install.
+    /// True when the buckets are open, the host has caught up with the manifest, and no other
+    /// process uses its host id. Entries it could not install are listed, not counted.
     pub ok: bool,
     /// `connecting`, `catching-up`, `caught-up`.
     pub state: &'static str,
@@ -224,6 +248,8 @@ struct Progress {
     caught_up: bool,
     last_error: Option<String>,
     install_errors: BTreeMap<String, String>,
+    /// Set when another process heart-beats under this host id.
+    duplicate: Option<String>,
 }
 
 /// The cluster control plane of one host. Cheap to share (`Arc`).
@@ -236,6 +262,9 @@ pub struct Cluster {
     /// Serialises installs so that a key's revisions are applied in order.
     apply_lock: tokio::sync::Mutex<()>,
     started_at_ms: u64,
+    instance: String,
+    /// Largest linear memory this host allows a guest (limits above it are refused).
+    max_memory_bytes: usize,
     shutdown: tokio::sync::watch::Sender<bool>,
     changed: tokio::sync::watch::Sender<u64>,
 }
@@ -262,23 +291,51 @@ async fn kv_bucket(
     max_age: Duration,
     replicas: usize,
 ) -> Result<kv::Store, ClusterError> {
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some(description.into()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: history,
-        max_age,
-        storage: stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: replicas.max(1),
-        ..Default::default()
-    })
-    .await
-    .map_err(unavailable(bucket))?;
+    let mut created = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some(description.into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: history,
+            max_age,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: replicas.max(1),
+            ..Default::default()
+        })
+        .await
+        .map_err(unavailable(bucket))?;
+    let info = created
+        .info()
+        .await
+        .map_err(unavailable(bucket))?
+        .config
+        .clone();
+    check_replicas(&info.name, info.num_replicas, replicas)?;
+    if info.max_age != max_age {
+        tracing::warn!(
+            bucket,
+            existing = ?info.max_age,
+            configured = ?max_age,
+            "the bucket exists with another max_age; the existing one applies"
+        );
+    }
     js.get_key_value(bucket).await.map_err(unavailable(bucket))
+}
+
+/// An existing stream must have the replicas configured: otherwise an operator who set
+/// `nats_replicas: 3` would believe in copies that do not exist.
+fn check_replicas(stream: &str, existing: usize, configured: usize) -> Result<(), ClusterError> {
+    if existing.max(1) == configured.max(1) {
+        return Ok(());
+    }
+    Err(ClusterError::Unavailable(format!(
+        "stream {stream} has {existing} replica(s) but nats_replicas is {configured}: change the \
+         stream's replicas (e.g. `nats stream edit {stream} --replicas {configured}`) or the setting"
+    )))
 }
 
 impl Cluster {
@@ -304,6 +361,7 @@ impl Cluster {
             .connect(crate::store::jetstream::server_urls(url))
             .await
             .map_err(unavailable("connect"))?;
+        let max_memory_bytes = registry.max_memory_bytes();
         let cluster = Arc::new(Self {
             config,
             registry,
@@ -312,6 +370,8 @@ impl Cluster {
             progress: Mutex::new(Progress::default()),
             apply_lock: tokio::sync::Mutex::new(()),
             started_at_ms: now_ms(),
+            instance: uuid::Uuid::now_v7().simple().to_string(),
+            max_memory_bytes,
             shutdown: tokio::sync::watch::channel(false).0,
             changed: tokio::sync::watch::channel(0).0,
         });
@@ -352,18 +412,10 @@ impl Cluster {
         } else {
             ("caught-up", None)
         };
-        let reason = reason.or_else(|| {
-            (!p.install_errors.is_empty()).then(|| {
-                format!(
-                    "could not install the entries of: {}",
-                    p.install_errors
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
-        });
+        // An entry this host cannot install is reported (here, in `/admin/cluster` and in the
+        // membership record) but does not make the host unready: it still serves every other
+        // type, and one bad entry must not take every host of the cluster out of service.
+        let reason = reason.or_else(|| p.duplicate.clone());
         ClusterHealth {
             ok: reason.is_none(),
             state,
@@ -378,12 +430,19 @@ impl Cluster {
     pub async fn leave(&self) {
         self.shutdown.send_replace(true);
         if let Some(parts) = self.parts.get() {
-            match tokio::time::timeout(
-                self.config.request_timeout,
-                parts.hosts.purge(&self.config.host_id),
-            )
-            .await
-            {
+            let purge = async {
+                // Remove the record only while it is this process's (not a namesake's).
+                let entry = parts.hosts.entry(self.config.host_id.as_str()).await?;
+                let ours = entry.as_ref().is_some_and(|e| {
+                    serde_json::from_slice::<Member>(&e.value)
+                        .is_ok_and(|m| m.instance == self.instance)
+                });
+                if ours {
+                    parts.hosts.purge(&self.config.host_id).await?;
+                }
+                Ok::<_, async_nats::Error>(())
+            };
+            match tokio::time::timeout(self.config.request_timeout, purge).await {
                 Ok(Ok(())) => tracing::info!(host_id = %self.config.host_id, "left the cluster"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not remove the membership record"),
                 Err(_) => tracing::warn!("removing the membership record timed out"),
@@ -513,6 +572,17 @@ impl Cluster {
                 .await
                 .map_err(unavailable(COMPONENT_STORE))?,
         };
+        {
+            let name = format!("OBJ_{COMPONENT_STORE}");
+            let info = js
+                .get_stream(&name)
+                .await
+                .map_err(unavailable(COMPONENT_STORE))?
+                .get_info()
+                .await
+                .map_err(unavailable(COMPONENT_STORE))?;
+            check_replicas(&name, info.config.num_replicas, self.config.replicas)?;
+        }
         tracing::info!(
             host_id = %self.config.host_id,
             server = %info.version,
@@ -591,11 +661,20 @@ impl Cluster {
     /// local copy.
     async fn fetch_blob(&self, hash: &ComponentHash) -> Result<(), ClusterError> {
         let parts = self.parts()?;
-        let mut object = parts
-            .components
-            .get(object_name(hash))
-            .await
-            .map_err(unavailable("component store get"))?;
+        let mut object = match parts.components.get(object_name(hash)).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == object_store::GetErrorKind::NotFound => {
+                return Err(ClusterError::MissingBlob(*hash))
+            }
+            Err(e) => return Err(unavailable("component store get")(e)),
+        };
+        if object.info.size > self.config.max_component_bytes {
+            return Err(RegistryError::TooLarge {
+                size: object.info.size,
+                limit: self.config.max_component_bytes,
+            }
+            .into());
+        }
         let mut bytes = Vec::new();
         // Read to the end: the store checks its digest only there.
         (&mut object)
@@ -645,31 +724,37 @@ impl Cluster {
         }
     }
 
-    /// Install one manifest bucket entry unless an equal or newer revision of its key was.
-    async fn apply(&self, entry: kv::Entry) {
+    /// Install one manifest bucket entry unless an equal or newer revision of its key was;
+    /// true when it was installed now.
+    async fn apply(&self, entry: kv::Entry) -> bool {
         let _guard = self.apply_lock.lock().await;
         let key = entry.key.clone();
         {
             let mut p = self.progress.lock();
             p.revision = p.revision.max(entry.revision);
             if p.applied.get(&key).is_some_and(|r| *r >= entry.revision) {
-                return;
+                return false;
             }
         }
         let outcome = self.install(&entry).await;
         let mut p = self.progress.lock();
-        match outcome {
+        let installed = match outcome {
             Ok(()) => {
                 p.applied.insert(key.clone(), entry.revision);
                 p.install_errors.remove(&key);
+                true
             }
             Err(e) => {
-                tracing::warn!(key, revision = entry.revision, error = %e, "could not install a manifest entry");
+                if p.install_errors.get(&key) != Some(&e.to_string()) {
+                    tracing::warn!(key, revision = entry.revision, error = %e, "could not install a manifest entry");
+                }
                 p.install_errors.insert(key, e.to_string());
+                false
             }
-        }
+        };
         drop(p);
         self.changed.send_modify(|n| *n += 1);
+        installed
     }
 
     async fn install(&self, entry: &kv::Entry) -> Result<(), ClusterError> {
@@ -735,8 +820,7 @@ impl Cluster {
                     .applied
                     .get(&key)
                     .is_none_or(|r| *r < entry.revision);
-                if newer {
-                    self.apply(entry).await;
+                if newer && self.apply(entry).await {
                     installed += 1;
                 }
             }
@@ -831,19 +915,40 @@ impl Cluster {
                 .iter()
                 .map(|(t, e)| (t.clone(), e.component))
                 .collect(),
+            install_errors: p.install_errors.clone(),
+            instance: self.instance.clone(),
         }
     }
 
     async fn heartbeats(self: Arc<Self>) {
+        // Revision of our last put: a later record of another instance under our id means a
+        // second process uses this host id.
+        let mut last_put = 0;
         loop {
             if let Ok(parts) = self.parts() {
+                if last_put > 0 {
+                    if let Ok(Some(entry)) = parts.hosts.entry(self.config.host_id.as_str()).await {
+                        let other = serde_json::from_slice::<Member>(&entry.value)
+                            .ok()
+                            .filter(|m| m.instance != self.instance);
+                        if let (true, Some(other)) = (entry.revision > last_put, other) {
+                            let reason = format!(
+                                "host id `{}` is also used by another process (admin {}); give every host its own host_id",
+                                self.config.host_id, other.admin
+                            );
+                            tracing::error!("{reason}");
+                            self.progress.lock().duplicate = Some(reason);
+                        }
+                    }
+                }
                 let value = serde_json::to_vec(&self.member()).expect("member serializes");
-                if let Err(e) = parts
+                match parts
                     .hosts
                     .put(self.config.host_id.as_str(), value.into())
                     .await
                 {
-                    tracing::warn!(error = %e, "heartbeat failed");
+                    Ok(revision) => last_put = revision,
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                 }
             }
             if !self.pause(self.config.heartbeat_interval).await {
@@ -886,6 +991,13 @@ impl Cluster {
                 continue;
             };
             match serde_json::from_slice::<Member>(&value) {
+                Ok(member) if member.host_id != key => {
+                    tracing::warn!(
+                        key,
+                        host_id = member.host_id,
+                        "membership record under another host's key; ignored"
+                    )
+                }
                 Ok(member) => {
                     let last_seen_ms = now.saturating_sub(member.heartbeat_at_ms);
                     out.push(MemberView {
@@ -940,9 +1052,20 @@ impl Cluster {
         if prepare.from_host == self.config.host_id {
             return;
         }
-        let outcome = self
-            .ensure_loaded(&prepare.aggregate_type, &prepare.component)
-            .await;
+        let outcome = match prepare
+            .limits
+            .as_ref()
+            .map(|l| l.validate(self.max_memory_bytes))
+        {
+            Some(Err(reason)) => Err(ClusterError::Registry(RegistryError::InvalidEntry {
+                aggregate_type: prepare.aggregate_type.clone(),
+                reason: format!("limits: {reason} (on host {})", self.config.host_id),
+            })),
+            _ => {
+                self.ensure_loaded(&prepare.aggregate_type, &prepare.component)
+                    .await
+            }
+        };
         let ack = PrepareAck {
             host_id: self.config.host_id.clone(),
             ok: outcome.is_ok(),
@@ -957,10 +1080,14 @@ impl Cluster {
 
     /// Ask every other live host to fetch and precompile `hash`; wait for their answers up to
     /// `deploy_ack_timeout`.
+    /// Hosts that answer with an error refuse the change: [`ClusterError::Refused`] (nothing
+    /// is activated). Hosts that do not answer in time are named in
+    /// [`Acks::not_acknowledged`] and catch up from the watch.
     async fn gather_acks(
         &self,
         ty: &AggregateType,
         hash: &ComponentHash,
+        limits: &Limits,
     ) -> Result<Acks, ClusterError> {
         let me = self.config.host_id.clone();
         let mut waiting: Vec<String> = self
@@ -990,6 +1117,7 @@ impl Cluster {
             from_host: me,
             aggregate_type: ty.clone(),
             component: *hash,
+            limits: Some(limits.clone()),
         };
         self.client
             .publish_with_reply(
@@ -1021,10 +1149,18 @@ impl Cluster {
         }
         let _ = sub.unsubscribe().await;
         acks.not_acknowledged = waiting;
+        if !acks.refused.is_empty() {
+            tracing::warn!(aggregate_type = %ty, component = %hash, refused = ?acks.refused, "hosts refused the change; not activated");
+            return Err(ClusterError::Refused(acks.refused));
+        }
         Ok(acks)
     }
 
     /// The type's entry in the bucket and the key's revision (`None` revision: never written).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::BadEntry`] when the value is not an entry (the revision is in it).
     async fn read_entry(
         &self,
         ty: &AggregateType,
@@ -1043,7 +1179,7 @@ impl Cluster {
                 let e =
                     serde_json::from_slice(&entry.value).map_err(|e| ClusterError::BadEntry {
                         key: ty.to_string(),
-                        reason: e.to_string(),
+                        reason: format!("{e} (revision {})", entry.revision),
                     })?;
                 Ok((Some(e), Some(entry.revision)))
             }
@@ -1051,16 +1187,37 @@ impl Cluster {
         }
     }
 
+    /// The revision of the type's key, whatever its value.
+    async fn revision_of(&self, ty: &AggregateType) -> Result<Option<u64>, ClusterError> {
+        Ok(self
+            .parts()?
+            .manifest
+            .entry(ty.as_str())
+            .await
+            .map_err(unavailable("manifest bucket entry"))?
+            .map(|e| e.revision))
+    }
+
     /// Compare-and-set the type's key: read it, let `change` compute the next entry, write it
     /// only if nobody wrote in between (else read again). Installs the result here at once.
+    /// With `replace_unreadable`, an entry that cannot be read counts as none (a deploy
+    /// replaces it); otherwise it is an error.
     async fn change_entry(
         &self,
         ty: &AggregateType,
-        change: impl Fn(&mut Manifest) -> Result<Deployed, RegistryError>,
+        replace_unreadable: bool,
+        change: impl Fn(&mut Manifest) -> Result<Deployed, ClusterError>,
     ) -> Result<(Deployed, u64), ClusterError> {
         let parts = self.parts()?;
         for _ in 0..CAS_ATTEMPTS {
-            let (current, revision) = self.read_entry(ty).await?;
+            let (current, revision) = match self.read_entry(ty).await {
+                Ok(read) => read,
+                Err(ClusterError::BadEntry { key, reason }) if replace_unreadable => {
+                    tracing::warn!(key, reason, "replacing an unreadable manifest entry");
+                    (None, self.revision_of(ty).await?)
+                }
+                Err(e) => return Err(e),
+            };
             let mut m = Manifest::default();
             if let Some(e) = current {
                 m.aggregates.insert(ty.clone(), e);
@@ -1108,7 +1265,8 @@ impl Cluster {
     /// # Errors
     ///
     /// [`ClusterError::Registry`] when the component or limits are refused (nothing changes),
-    /// [`ClusterError::Unavailable`] when NATS cannot be reached.
+    /// [`ClusterError::Refused`] when a live host refuses it, [`ClusterError::Unavailable`]
+    /// when NATS cannot be reached.
     pub async fn deploy(
         &self,
         ty: &AggregateType,
@@ -1125,8 +1283,15 @@ impl Cluster {
         })
         .await
         .map_err(|e| ClusterError::Unavailable(format!("worker task: {e}")))??;
-        let (current, revision) = self.read_entry(ty).await?;
-        if let Some(e) = &current {
+        // Always make sure the blob is in the store, also when nothing else changes: this
+        // repairs an entry whose blob went missing.
+        self.put_blob(&hash, bytes).await?;
+        let current = match self.read_entry(ty).await {
+            Ok((current, revision)) => current.map(|e| (e, revision.unwrap_or(0))),
+            Err(ClusterError::BadEntry { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some((e, revision)) = &current {
             if e.component == hash && limits.as_ref().is_none_or(|l| *l == e.limits) {
                 return Ok(ClusterDeployed {
                     deployed: Deployed {
@@ -1134,16 +1299,21 @@ impl Cluster {
                         version: e.version,
                         changed: false,
                     },
-                    revision: revision.unwrap_or(0),
+                    revision: *revision,
                     acks: Acks::default(),
                 });
             }
         }
-        self.put_blob(&hash, bytes).await?;
-        let acks = self.gather_acks(ty, &hash).await?;
+        let target_limits = limits
+            .clone()
+            .or_else(|| current.as_ref().map(|(e, _)| e.limits.clone()))
+            .unwrap_or_default();
+        let acks = self.gather_acks(ty, &hash, &target_limits).await?;
         let every = self.registry.default_snapshot_every();
         let (deployed, revision) = self
-            .change_entry(ty, |m| Ok(m.activate(ty, hash, limits.clone(), every)))
+            .change_entry(ty, true, |m| {
+                Ok(m.activate(ty, hash, limits.clone(), every))
+            })
             .await?;
         tracing::info!(aggregate_type = %ty, component = %hash, version = deployed.version, revision, acknowledged = acks.acknowledged.len(), not_acknowledged = ?acks.not_acknowledged, "deployed across the cluster");
         Ok(ClusterDeployed {
@@ -1158,17 +1328,33 @@ impl Cluster {
     ///
     /// # Errors
     ///
-    /// [`RegistryError::UnknownType`], [`RegistryError::NoEarlierVersion`], or unavailable.
+    /// [`RegistryError::UnknownType`], [`RegistryError::NoEarlierVersion`],
+    /// [`ClusterError::Conflict`] when the entry changed during the rollback (e.g. a second
+    /// rollback: only one of them rolls back), [`ClusterError::Refused`], or unavailable.
     pub async fn rollback(&self, ty: &AggregateType) -> Result<ClusterDeployed, ClusterError> {
         let (current, _) = self.read_entry(ty).await?;
         let mut m = Manifest::default();
+        let limits = current
+            .as_ref()
+            .map(|e| e.limits.clone())
+            .unwrap_or_default();
         if let Some(e) = current {
             m.aggregates.insert(ty.clone(), e);
         }
         let previous = m.previous(ty)?;
         self.ensure_loaded(ty, &previous).await?;
-        let acks = self.gather_acks(ty, &previous).await?;
-        let (deployed, revision) = self.change_entry(ty, |m| m.roll_back(ty)).await?;
+        let acks = self.gather_acks(ty, &previous, &limits).await?;
+        let (deployed, revision) = self
+            .change_entry(ty, false, |m| {
+                // What was prepared must be what is activated: a second rollback that ran
+                // meanwhile must not make this one undo another version.
+                if m.previous(ty).is_ok_and(|p| p == previous) {
+                    Ok(m.roll_back(ty)?)
+                } else {
+                    Err(ClusterError::Conflict(ty.clone()))
+                }
+            })
+            .await?;
         tracing::info!(aggregate_type = %ty, component = %deployed.component, version = deployed.version, "rolled back across the cluster");
         Ok(ClusterDeployed {
             deployed,
@@ -1177,42 +1363,68 @@ impl Cluster {
         })
     }
 
-    /// Change `ty`'s settings across the cluster (the component stays; the version does not
-    /// change).
+    /// Change `ty`'s limits across the cluster: `change` (a JSON object of the limits to
+    /// change) is merged into the entry's limits in the bucket, every live host checks it can
+    /// honour them, then the entry is compare-and-set (the component and version stay).
+    /// Returns the limits and the key's revision.
     ///
     /// # Errors
     ///
-    /// [`RegistryError::UnknownType`], [`RegistryError::InvalidEntry`], or unavailable.
-    pub async fn update(
+    /// [`RegistryError::UnknownType`], [`RegistryError::InvalidEntry`] (bad or out-of-range
+    /// limits, naming the field), [`ClusterError::Refused`] when a live host cannot honour
+    /// them, [`ClusterError::BadEntry`], or unavailable.
+    pub async fn change_limits(
         &self,
         ty: &AggregateType,
-        change: impl Fn(&mut TypeEntry) -> Result<(), String>,
-        max_memory_bytes: usize,
-    ) -> Result<u64, ClusterError> {
+        change: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(Limits, u64), ClusterError> {
+        let (current, _) = self.read_entry(ty).await?;
+        let current = current.ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
+        let limits = merge_limits(ty, &current.limits, change, self.max_memory_bytes)?;
+        self.gather_acks(ty, &current.component, &limits).await?;
         let (_, revision) = self
-            .change_entry(ty, |m| {
+            .change_entry(ty, false, |m| {
                 let e = m
                     .aggregates
                     .get_mut(ty)
                     .ok_or_else(|| RegistryError::UnknownType(ty.clone()))?;
-                let invalid = |reason| RegistryError::InvalidEntry {
-                    aggregate_type: ty.clone(),
-                    reason,
-                };
-                let before = e.clone();
-                change(e).map_err(invalid)?;
-                e.limits
-                    .validate(max_memory_bytes)
-                    .map_err(|r| invalid(format!("limits: {r}")))?;
+                let changed = e.limits != limits;
+                e.limits = limits.clone();
                 Ok(Deployed {
                     component: e.component,
                     version: e.version,
-                    changed: *e != before,
+                    changed,
                 })
             })
             .await?;
-        Ok(revision)
+        Ok((limits, revision))
     }
+}
+
+/// `current` with the fields of `change` (a JSON object of limits) replaced, checked against
+/// `max_memory_bytes`.
+///
+/// # Errors
+///
+/// [`RegistryError::InvalidEntry`] naming the field.
+pub fn merge_limits(
+    ty: &AggregateType,
+    current: &Limits,
+    change: &serde_json::Map<String, serde_json::Value>,
+    max_memory_bytes: usize,
+) -> Result<Limits, RegistryError> {
+    let invalid = |reason: String| RegistryError::InvalidEntry {
+        aggregate_type: ty.clone(),
+        reason: format!("limits: {reason}"),
+    };
+    let mut merged = serde_json::to_value(current).expect("limits serialize");
+    merged
+        .as_object_mut()
+        .expect("limits serialize as an object")
+        .extend(change.clone());
+    let limits: Limits = serde_json::from_value(merged).map_err(|e| invalid(e.to_string()))?;
+    limits.validate(max_memory_bytes).map_err(invalid)?;
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -1226,6 +1438,7 @@ mod tests {
             from_host: "a".into(),
             aggregate_type: ty.clone(),
             component: ComponentHash::of(b"x"),
+            limits: Some(Limits::default()),
         };
         let back: Prepare = serde_json::from_slice(&serde_json::to_vec(&p).unwrap()).unwrap();
         assert_eq!(
@@ -1241,13 +1454,68 @@ mod tests {
             started_at_ms: 1,
             manifest_revision: 3,
             caught_up: true,
-            components: [(ty, ComponentHash::of(b"x"))].into_iter().collect(),
+            components: [(ty.clone(), ComponentHash::of(b"x"))]
+                .into_iter()
+                .collect(),
+            install_errors: BTreeMap::new(),
+            instance: "i".into(),
         };
         let back: Member = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
         assert_eq!(back, m);
         assert_eq!(
             object_name(&ComponentHash::of(b"x")),
             ComponentHash::of(b"x").to_string()
+        );
+        // A record of an older host (no instance, no install errors) still reads.
+        let mut old = serde_json::to_value(&m).unwrap();
+        old.as_object_mut().unwrap().remove("instance");
+        old.as_object_mut().unwrap().remove("install_errors");
+        assert!(serde_json::from_value::<Member>(old).is_ok());
+    }
+
+    #[test]
+    fn limits_changes_are_merged_and_checked() {
+        let ty = AggregateType::new("bank-account").unwrap();
+        let change = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let l = merge_limits(
+            &ty,
+            &Limits::default(),
+            &change(serde_json::json!({"fuel": 1000})),
+            64 << 20,
+        )
+        .unwrap();
+        assert_eq!(l.fuel, 1000);
+        assert_eq!(l.timeout_ms, Limits::default().timeout_ms);
+        let e = merge_limits(
+            &ty,
+            &Limits::default(),
+            &change(serde_json::json!({"max_memory_bytes": 128u64 << 20})),
+            64 << 20,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bank-account") && e.contains("limits"), "{e}");
+        let e = merge_limits(
+            &ty,
+            &Limits::default(),
+            &change(serde_json::json!({"fuels": 1})),
+            64 << 20,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("fuels"), "{e}");
+    }
+
+    #[test]
+    fn an_existing_stream_must_have_the_configured_replicas() {
+        assert!(check_replicas("KV_AGGREGATE_MANIFEST", 3, 3).is_ok());
+        assert!(check_replicas("KV_AGGREGATE_MANIFEST", 1, 1).is_ok());
+        let e = check_replicas("KV_AGGREGATE_MANIFEST", 1, 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KV_AGGREGATE_MANIFEST") && e.contains("1 replica") && e.contains("3"),
+            "{e}"
         );
     }
 }

@@ -29,6 +29,11 @@ pub enum SnapshotPolicy {
     Rebuild,
 }
 
+/// Earlier components an entry keeps for rollback; older ones are dropped (oldest first), so an
+/// entry stays small however often a type is deployed (a cluster's manifest entry must fit in
+/// one NATS message).
+pub const MAX_HISTORY: usize = 64;
+
 /// Snapshot interval of an entry that does not set one.
 pub(crate) const DEFAULT_SNAPSHOT_EVERY: u64 = 100;
 
@@ -147,6 +152,10 @@ impl Manifest {
             Some(e) => {
                 if e.component != hash {
                     e.history.push(e.component);
+                    if e.history.len() > MAX_HISTORY {
+                        let excess = e.history.len() - MAX_HISTORY;
+                        e.history.drain(..excess);
+                    }
                     e.component = hash;
                 }
                 e.version += 1;
@@ -260,6 +269,16 @@ mod tests {
             m.roll_back(&ty),
             Err(RegistryError::NoEarlierVersion(_))
         ));
+        // The history is bounded: the oldest components are dropped.
+        for i in 0..(MAX_HISTORY + 10) {
+            m.activate(&ty, ComponentHash::of(&i.to_le_bytes()), None, 100);
+        }
+        let e = &m.aggregates[&ty];
+        assert_eq!(e.history.len(), MAX_HISTORY);
+        assert_eq!(
+            e.history.last(),
+            Some(&ComponentHash::of(&(MAX_HISTORY + 8).to_le_bytes()))
+        );
     }
 
     #[test]

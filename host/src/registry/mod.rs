@@ -290,6 +290,12 @@ impl Registry {
         ))
     }
 
+    /// The largest linear memory this host lets a guest have, in bytes (limits above it are
+    /// refused).
+    pub fn max_memory_bytes(&self) -> usize {
+        self.runtime.config().max_memory_bytes
+    }
+
     /// The snapshot interval new aggregate types get.
     pub fn default_snapshot_every(&self) -> u64 {
         self.default_snapshot_every
