@@ -49,6 +49,7 @@ fn commit(a: &AggregateRef, expected: u64) -> Commit {
             metadata: CommandMetadata {
                 correlation_id: Some("bench".into()),
                 traceparent: None,
+                host: None,
             },
             component: ComponentHash::of(b"bench"),
             recorded_at: chrono::Utc::now(),

@@ -134,6 +134,7 @@ impl Host {
                         .clone()
                         .unwrap_or_else(|| format!("http://{}", config.admin_listen)),
                     max_component_bytes: config.max_component_mb << 20,
+                    tenant_range: config.tenant_range,
                 };
                 Some(
                     Cluster::start(url, cluster_config, registry.clone(), seed)

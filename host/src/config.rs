@@ -116,6 +116,13 @@ pub struct Config {
     /// How often a host checks the manifest bucket for changes its watch missed, in
     /// milliseconds. Default 5000.
     pub reconcile_interval_ms: u64,
+    /// Cluster mode: the tenants this host may own, by the first character of the tenant id
+    /// (e.g. `a-m`); others are owned by other hosts. Default: any tenant.
+    pub tenant_range: Option<crate::cluster::placement::TenantRange>,
+    /// Cluster mode: how long a host that does not own a tenant keeps trying to forward a
+    /// command or state read to its owner (while ownership moves), in milliseconds; then it
+    /// answers 503. Default 5000.
+    pub forward_retry_ms: u64,
 }
 
 /// What the host does when NATS cannot be reached at start.
@@ -175,6 +182,8 @@ impl Default for Config {
             heartbeat_interval_ms: 1000,
             host_ttl_ms: 5000,
             reconcile_interval_ms: 5000,
+            tenant_range: None,
+            forward_retry_ms: 5000,
         }
     }
 }
@@ -294,6 +303,18 @@ impl Config {
             "HEARTBEAT_INTERVAL_MS" => self.heartbeat_interval_ms = num(key, &v)?,
             "HOST_TTL_MS" => self.host_ttl_ms = num(key, &v)?,
             "RECONCILE_INTERVAL_MS" => self.reconcile_interval_ms = num(key, &v)?,
+            "TENANT_RANGE" => {
+                self.tenant_range = if v.trim().is_empty() {
+                    None
+                } else {
+                    Some(
+                        v.trim()
+                            .parse()
+                            .map_err(|e: crate::types::InvalidValue| err(key, e.to_string()))?,
+                    )
+                }
+            }
+            "FORWARD_RETRY_MS" => self.forward_retry_ms = num(key, &v)?,
             // Variables of later features and of the logging setup are not ours to refuse.
             _ => {}
         }
@@ -457,10 +478,30 @@ impl Config {
                 ),
             ));
         }
+        if self.cluster
+            && self.host_ttl_ms <= self.nats_request_timeout_ms + 2 * self.heartbeat_interval_ms
+        {
+            // A host writes only while its lease holds: host_ttl_ms after its last heartbeat,
+            // less the longest append (nats_request_timeout_ms) and one heartbeat of margin; that
+            // must outlast the next heartbeat.
+            return Err(err(
+                "host_ttl_ms",
+                format!(
+                    "{} must exceed nats_request_timeout_ms ({}) plus twice heartbeat_interval_ms ({}) in cluster mode",
+                    self.host_ttl_ms, self.nats_request_timeout_ms, self.heartbeat_interval_ms
+                ),
+            ));
+        }
         if !(100..=3_600_000).contains(&self.reconcile_interval_ms) {
             return Err(err(
                 "reconcile_interval_ms",
                 format!("{} is outside 100..=3600000", self.reconcile_interval_ms),
+            ));
+        }
+        if !(100..=600_000).contains(&self.forward_retry_ms) {
+            return Err(err(
+                "forward_retry_ms",
+                format!("{} is outside 100..=600000", self.forward_retry_ms),
             ));
         }
         if self.max_command_bytes < 64 {

@@ -168,6 +168,7 @@ fn submit(target: &AggregateRef, command_type: &str, payload: serde_json::Value)
         metadata: CommandMetadata {
             correlation_id: Some("corr-1".into()),
             traceparent: None,
+            host: None,
         },
     }
 }

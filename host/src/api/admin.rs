@@ -52,6 +52,9 @@ pub(super) fn routes() -> (Routes, Routes) {
         .add(Method::POST, "/admin/resume", resume)
         .add(Method::POST, "/admin/reload", reload)
         .add(Method::GET, "/admin/cluster", cluster)
+        .add(Method::GET, "/admin/placement", placement)
+        .add(Method::PUT, "/admin/placement/pins/{tenant_id}", pin)
+        .add(Method::DELETE, "/admin/placement/pins/{tenant_id}", unpin)
         .add(Method::GET, "/metrics", metrics);
     let open = Routes::new()
         .add(Method::GET, "/health", health)
@@ -280,6 +283,112 @@ fn cluster_json(d: &crate::cluster::ClusterDeployed) -> Value {
     })
 }
 
+fn cluster_mode<'a>(
+    st: &'a AppState,
+    what: &str,
+) -> Result<&'a std::sync::Arc<crate::cluster::Cluster>, ApiError> {
+    st.0.cluster.as_ref().ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "{what} needs cluster mode (cluster: true); this host runs alone"
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacementQuery {
+    tenant_id: Option<String>,
+}
+
+/// `GET /admin/placement[?tenant_id=acme]`: the pins, the hosts that may own tenants (live, with
+/// their range and whether they drain) and, for `tenant_id`, its owner now.
+async fn placement(
+    State(st): State<AppState>,
+    query: Result<axum::extract::Query<PlacementQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let cluster = cluster_mode(&st, "placement")?;
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let hosts: Vec<Value> = cluster
+        .members()
+        .await?
+        .into_iter()
+        .filter(|m| m.live)
+        .map(|m| {
+            json!({
+                "host_id": m.member.host_id,
+                "draining": m.member.draining,
+                "tenant_range": m.member.tenant_range,
+            })
+        })
+        .collect();
+    let mut body = json!({ "host_id": cluster.host_id(), "pins": cluster.pins(), "hosts": hosts });
+    if let Some(t) = q.tenant_id {
+        let tenant = TenantId::new(t)?;
+        body["tenant_id"] = json!(tenant.as_str());
+        body["owner"] = json!(cluster.owner_of(&tenant));
+    }
+    Ok(AxumJson(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PinRequest {
+    host_id: String,
+}
+
+fn tenant_path(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiError> {
+    let Path(t) = path.map_err(path_error)?;
+    // `_` names the single (unnamed) tenant, as in the placement bucket.
+    if t == crate::cluster::SINGLE_TENANT_KEY {
+        return Ok(TenantId::single());
+    }
+    Ok(TenantId::new(t)?)
+}
+
+/// `PUT /admin/placement/pins/{tenant_id}` `{"host_id": "host-2"}`: pin a tenant to a host (it
+/// moves there as soon as every host read the pin: at the next heartbeat).
+async fn pin(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let cluster = cluster_mode(&st, "pinning a tenant")?;
+    let tenant = tenant_path(path)?;
+    let body = super::body::read(body, SMALL_BODY, "body").await?;
+    let r: PinRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?;
+    if !crate::config::valid_host_id(&r.host_id) {
+        return Err(ApiError::BadRequest(format!(
+            "host_id: {:?} is not a host id (1 to 64 ASCII letters, digits, '-' and '_')",
+            r.host_id
+        )));
+    }
+    cluster.pin(&tenant, Some(&r.host_id)).await?;
+    Ok(AxumJson(json!({
+        "tenant_id": tenant.as_str(),
+        "pinned_to": r.host_id,
+        "owner": cluster.owner_of(&tenant),
+    }))
+    .into_response())
+}
+
+/// `DELETE /admin/placement/pins/{tenant_id}`: remove a pin (the tenant goes back to its
+/// hashed owner).
+async fn unpin(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let cluster = cluster_mode(&st, "unpinning a tenant")?;
+    let tenant = tenant_path(path)?;
+    cluster.pin(&tenant, None).await?;
+    Ok(AxumJson(json!({
+        "tenant_id": tenant.as_str(),
+        "pinned_to": Value::Null,
+        "owner": cluster.owner_of(&tenant),
+    }))
+    .into_response())
+}
+
 /// `GET /admin/cluster`: this host's view of the cluster — every host with its liveness, what
 /// it serves and the manifest revision it has applied. 404 `not-found` outside cluster mode.
 async fn cluster(State(st): State<AppState>) -> Result<Response, ApiError> {
@@ -353,13 +462,18 @@ async fn tenants(State(st): State<AppState>) -> Result<Response, ApiError> {
                 .await
                 .map(|a| a.len())
                 .ok();
-        out.push(json!({
+        let owner = st.0.cluster.as_ref().map(|c| c.owner_of(&t.tenant));
+        let mut row = json!({
             "tenant_id": t.tenant.as_str(),
             "aggregates": aggregates,
             "in_flight": t.in_flight,
             "draining": t.draining,
             "last_activity": t.last_activity,
-        }));
+        });
+        if let Some(owner) = owner {
+            row["owner"] = json!(owner);
+        }
+        out.push(row);
     }
     Ok(AxumJson(json!({ "tenants": out })).into_response())
 }
@@ -371,9 +485,12 @@ struct DrainRequest {
     tenant_id: Option<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// Cluster mode: drain (resume) the whole host instead of one tenant.
+    #[serde(default)]
+    host: bool,
 }
 
-async fn drain_request(body: Body) -> Result<(TenantId, Duration), ApiError> {
+async fn drain_request(body: Body) -> Result<(TenantId, Duration, bool), ApiError> {
     let body = super::body::read(body, SMALL_BODY, "body").await?;
     let r: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
@@ -383,19 +500,41 @@ async fn drain_request(body: Body) -> Result<(TenantId, Duration), ApiError> {
         let object: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(bad)?;
         serde_json::from_value(Value::Object(object)).map_err(bad)?
     };
+    if r.host && r.tenant_id.is_some() {
+        return Err(ApiError::BadRequest(
+            "body: give either `tenant_id` or `host: true`, not both".into(),
+        ));
+    }
     let tenant = TenantId::new(r.tenant_id.unwrap_or_default())?;
     Ok((
         tenant,
         r.timeout_ms
             .map_or(DEFAULT_DRAIN_TIMEOUT, Duration::from_millis),
+        r.host,
     ))
 }
 
 /// `POST /admin/drain` `{"tenant_id": "acme", "timeout_ms": 30000}`: refuse the tenant's new
 /// commands and wait for those in flight.
 async fn drain(State(st): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let (tenant, timeout) = drain_request(body).await?;
+    let (tenant, timeout, host) = drain_request(body).await?;
     let started = Instant::now();
+    if host {
+        let cluster = cluster_mode(&st, "draining a whole host")?;
+        // Announced at once: every host computes owners without this one, so new commands go
+        // to the next owners; those already running here finish.
+        cluster.set_draining(true).await?;
+        let left = st.0.tenants.wait_all_idle(timeout).await;
+        tracing::info!(in_flight = left, "host drained");
+        return Ok(AxumJson(json!({
+            "host_id": cluster.host_id(),
+            "draining": true,
+            "drained": left == 0,
+            "in_flight": left,
+            "waited_ms": started.elapsed().as_millis() as u64,
+        }))
+        .into_response());
+    }
     let left = st.0.tenants.drain(&tenant, timeout).await;
     tracing::info!(
         tenant_id = tenant.as_str(),
@@ -414,7 +553,16 @@ async fn drain(State(st): State<AppState>, body: Body) -> Result<Response, ApiEr
 
 /// `POST /admin/resume` `{"tenant_id": "acme"}`: accept the tenant's commands again.
 async fn resume(State(st): State<AppState>, body: Body) -> Result<Response, ApiError> {
-    let (tenant, _) = drain_request(body).await?;
+    let (tenant, _, host) = drain_request(body).await?;
+    if host {
+        let cluster = cluster_mode(&st, "resuming a whole host")?;
+        let was = cluster.is_draining();
+        cluster.set_draining(false).await?;
+        return Ok(AxumJson(
+            json!({ "host_id": cluster.host_id(), "draining": false, "was_draining": was }),
+        )
+        .into_response());
+    }
     let was = st.0.tenants.resume(&tenant);
     Ok(
         AxumJson(json!({ "tenant_id": tenant.as_str(), "draining": false, "was_draining": was }))

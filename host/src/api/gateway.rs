@@ -111,6 +111,7 @@ fn metadata(headers: &HeaderMap) -> Result<CommandMetadata, ApiError> {
     Ok(CommandMetadata {
         correlation_id,
         traceparent,
+        host: None,
     })
 }
 
@@ -221,7 +222,9 @@ async fn run_command(
             .transpose()
         })
         .map_err(&refused)?;
-    let metadata = metadata(&headers).map_err(&refused)?;
+    let mut metadata = metadata(&headers).map_err(&refused)?;
+    // Every event records the host that wrote it.
+    metadata.host = st.0.cluster.as_ref().map(|c| c.host_id().to_string());
     let limit = st.0.config.max_command_bytes;
     let body = body.take().expect("the body is read once");
     let body = super::body::read(body, limit, "command body")

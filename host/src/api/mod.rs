@@ -21,6 +21,7 @@
 mod admin;
 mod body;
 pub mod error;
+mod forward;
 mod gateway;
 mod server;
 pub mod tenants;
@@ -214,6 +215,10 @@ pub fn gateway(state: AppState) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            forward::route_to_owner,
+        ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             log_requests::<true>,

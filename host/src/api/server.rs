@@ -77,6 +77,9 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
             state.close_listeners();
         });
     }
+    if let Some(cluster) = &host.cluster {
+        cluster.clone().serve_forwards(gateway(state.clone()));
+    }
     let gateway_server = axum::serve(gateway_listener, gateway(state.clone()))
         .with_graceful_shutdown(state.listeners_closed());
     let admin_server = axum::serve(admin_listener, admin(state.clone()))

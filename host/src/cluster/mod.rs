@@ -32,6 +32,11 @@
 //! an object's digest only at the end of a read. Liveness compares each host's heartbeat time
 //! with the reader's clock: hosts need synchronised clocks (NTP) within `host_ttl`.
 
+mod forward;
+pub mod placement;
+
+pub use self::forward::{FORWARDED_HEADER, NOT_OWNER_HEADER};
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -55,6 +60,16 @@ pub const COMPONENT_STORE: &str = "AGGREGATE_COMPONENTS";
 pub const HOSTS_BUCKET: &str = "AGGREGATE_HOSTS";
 /// Core NATS subject of the prepare phase of a deploy ([`Prepare`] → [`PrepareAck`]).
 pub const PREPARE_SUBJECT: &str = "aggregate.cluster.prepare";
+/// KV bucket of explicit placements: key = tenant token (`_` for the single tenant), value =
+/// the host id the tenant is pinned to.
+pub const PLACEMENT_BUCKET: &str = "TENANT_PLACEMENT";
+/// The key of the single (unnamed) tenant in [`PLACEMENT_BUCKET`].
+pub const SINGLE_TENANT_KEY: &str = "_";
+
+/// The subject on which host `host_id` answers requests forwarded by other hosts.
+pub fn forward_subject(host_id: &str) -> String {
+    format!("aggregate.host.{host_id}.forward")
+}
 
 /// Revisions of each key the manifest bucket keeps (the type's own history of components is in
 /// its entry).
@@ -87,6 +102,8 @@ pub struct ClusterConfig {
     pub admin_url: String,
     /// Largest component blob fetched, in bytes.
     pub max_component_bytes: usize,
+    /// The tenants this host may own (`None`: any).
+    pub tenant_range: Option<placement::TenantRange>,
 }
 
 /// Errors of cluster operations.
@@ -149,6 +166,12 @@ pub struct Member {
     /// Random per process start: tells two processes that use one host id apart.
     #[serde(default)]
     pub instance: String,
+    /// The tenants the host may own (`None`: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_range: Option<placement::TenantRange>,
+    /// A draining host owns no tenant (it is handing its tenants over before a restart).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A host as the cluster view shows it.
@@ -235,6 +258,18 @@ struct Parts {
     manifest: kv::Store,
     hosts: kv::Store,
     components: object_store::ObjectStore,
+    placement: kv::Store,
+}
+
+/// What placement is computed from: the live hosts and the pins, as of the last heartbeat.
+#[derive(Debug, Default)]
+struct View {
+    /// Live hosts' records.
+    live: Vec<Member>,
+    /// Tenant key → pinned host id.
+    pins: HashMap<String, String>,
+    /// Whether this host's own record was among the live ones.
+    includes_me: bool,
 }
 
 #[derive(Default)]
@@ -263,6 +298,10 @@ pub struct Cluster {
     apply_lock: tokio::sync::Mutex<()>,
     started_at_ms: u64,
     instance: String,
+    view: parking_lot::RwLock<Arc<View>>,
+    /// When this host's last heartbeat was stored (its membership lease starts there).
+    last_heartbeat: Mutex<Option<std::time::Instant>>,
+    draining: std::sync::atomic::AtomicBool,
     /// Largest linear memory this host allows a guest (limits above it are refused).
     max_memory_bytes: usize,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -371,6 +410,9 @@ impl Cluster {
             apply_lock: tokio::sync::Mutex::new(()),
             started_at_ms: now_ms(),
             instance: uuid::Uuid::now_v7().simple().to_string(),
+            view: parking_lot::RwLock::new(Arc::new(View::default())),
+            last_heartbeat: Mutex::new(None),
+            draining: std::sync::atomic::AtomicBool::new(false),
             max_memory_bytes,
             shutdown: tokio::sync::watch::channel(false).0,
             changed: tokio::sync::watch::channel(0).0,
@@ -403,6 +445,11 @@ impl Cluster {
                 Some(p.last_error.clone().unwrap_or_else(|| {
                     "the cluster buckets are not open yet (NATS not reachable?)".into()
                 })),
+            )
+        } else if !self.view.read().includes_me {
+            (
+                "announcing",
+                Some("this host is not in the membership view yet".into()),
             )
         } else if !p.caught_up {
             (
@@ -559,6 +606,15 @@ impl Cluster {
             self.config.replicas,
         )
         .await?;
+        let placement = kv_bucket(
+            &js,
+            PLACEMENT_BUCKET,
+            "aggregate host: tenant pins (tenant -> host id)",
+            1,
+            Duration::ZERO,
+            self.config.replicas,
+        )
+        .await?;
         let components = match js.get_object_store(COMPONENT_STORE).await {
             Ok(s) => s,
             Err(_) => js
@@ -593,6 +649,7 @@ impl Cluster {
             manifest,
             hosts,
             components,
+            placement,
         })
     }
 
@@ -917,6 +974,8 @@ impl Cluster {
                 .collect(),
             install_errors: p.install_errors.clone(),
             instance: self.instance.clone(),
+            tenant_range: self.config.tenant_range,
+            draining: self.draining.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -947,14 +1006,183 @@ impl Cluster {
                     .put(self.config.host_id.as_str(), value.into())
                     .await
                 {
-                    Ok(revision) => last_put = revision,
+                    Ok(revision) => {
+                        last_put = revision;
+                        *self.last_heartbeat.lock() = Some(std::time::Instant::now());
+                    }
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+                if let Err(e) = self.refresh_view().await {
+                    tracing::warn!(error = %e, "could not read membership and placement");
                 }
             }
             if !self.pause(self.config.heartbeat_interval).await {
                 return;
             }
         }
+    }
+
+    /// Read the live hosts and the pins again (every heartbeat).
+    async fn refresh_view(&self) -> Result<(), ClusterError> {
+        let parts = self.parts()?;
+        let live: Vec<Member> = self
+            .members()
+            .await?
+            .into_iter()
+            .filter(|m| m.live)
+            .map(|m| m.member)
+            .collect();
+        let prefix = format!("$KV.{PLACEMENT_BUCKET}.");
+        let mut subjects = parts
+            .placement
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(unavailable("placement bucket info"))?;
+        let mut keys = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(unavailable("placement bucket subjects"))?;
+            if let Some(key) = subject.strip_prefix(&prefix) {
+                keys.push(key.to_string());
+            }
+        }
+        let mut pins = HashMap::new();
+        for key in keys {
+            if let Some(host) = parts
+                .placement
+                .get(key.as_str())
+                .await
+                .map_err(unavailable("placement entry"))?
+            {
+                pins.insert(key, String::from_utf8_lossy(&host).trim().to_string());
+            }
+        }
+        let includes_me = live.iter().any(|m| m.instance == self.instance);
+        *self.view.write() = Arc::new(View {
+            live,
+            pins,
+            includes_me,
+        });
+        Ok(())
+    }
+
+    /// The key of `tenant` in [`PLACEMENT_BUCKET`].
+    pub fn placement_key(tenant: &crate::types::TenantId) -> String {
+        if tenant.is_single() {
+            SINGLE_TENANT_KEY.to_string()
+        } else {
+            tenant.as_str().to_string()
+        }
+    }
+
+    /// The host that owns `tenant` now, by this host's view (live, non-draining hosts whose
+    /// range holds the tenant; a pin wins; rendezvous hashing otherwise). `None` when no host
+    /// can own it (or the view is not read yet).
+    pub fn owner_of(&self, tenant: &crate::types::TenantId) -> Option<String> {
+        let view = self.view.read().clone();
+        let candidates: Vec<placement::Candidate<'_>> = view
+            .live
+            .iter()
+            .map(|m| placement::Candidate {
+                host_id: &m.host_id,
+                draining: m.draining,
+                range: m.tenant_range.as_ref(),
+            })
+            .collect();
+        let key = Self::placement_key(tenant);
+        placement::owner(
+            tenant.as_str(),
+            &candidates,
+            view.pins.get(&key).map(String::as_str),
+        )
+        .map(str::to_string)
+    }
+
+    /// Whether this host may write now: its last stored heartbeat is recent enough that no
+    /// other host can have taken its tenants over before a command started now ends. Other
+    /// hosts treat it as gone `host_ttl` after that heartbeat; it stops `request_timeout +
+    /// heartbeat_interval` before that, the longest a command's append may take plus one
+    /// missed heartbeat of margin.
+    ///
+    /// # Errors
+    ///
+    /// Why not, for the log and the 503 answer.
+    pub fn lease(&self) -> Result<(), String> {
+        let Some(at) = *self.last_heartbeat.lock() else {
+            return Err("this host has not announced itself yet".into());
+        };
+        let margin = self.config.request_timeout + self.config.heartbeat_interval;
+        let lease = self.config.host_ttl.saturating_sub(margin);
+        let age = at.elapsed();
+        if age < lease {
+            Ok(())
+        } else {
+            Err(format!(
+                "this host's membership is {} ms old (lease {} ms): it may no longer write",
+                age.as_millis(),
+                lease.as_millis()
+            ))
+        }
+    }
+
+    /// Drain (or undrain) the whole host: it owns no tenant while draining, so the others take
+    /// its tenants over. The change is announced at once.
+    pub async fn set_draining(&self, draining: bool) -> Result<(), ClusterError> {
+        self.draining
+            .store(draining, std::sync::atomic::Ordering::Relaxed);
+        let parts = self.parts()?;
+        let value = serde_json::to_vec(&self.member()).expect("member serializes");
+        parts
+            .hosts
+            .put(self.config.host_id.as_str(), value.into())
+            .await
+            .map_err(unavailable("membership put"))?;
+        self.refresh_view().await
+    }
+
+    /// Whether the whole host is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Pin `tenant` to `host_id` (`None`: remove the pin). Every host sees it at its next
+    /// heartbeat; this one at once.
+    ///
+    /// # Errors
+    ///
+    /// Unavailable.
+    pub async fn pin(
+        &self,
+        tenant: &crate::types::TenantId,
+        host_id: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let parts = self.parts()?;
+        let key = Self::placement_key(tenant);
+        match host_id {
+            Some(h) => {
+                parts
+                    .placement
+                    .put(key.as_str(), h.to_string().into())
+                    .await
+                    .map_err(unavailable("placement put"))?;
+            }
+            None => parts
+                .placement
+                .purge(key.as_str())
+                .await
+                .map_err(unavailable("placement purge"))?,
+        }
+        self.refresh_view().await
+    }
+
+    /// The pins as this host read them last: tenant key → host id.
+    pub fn pins(&self) -> BTreeMap<String, String> {
+        self.view
+            .read()
+            .pins
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// Every membership record, live or not (the bucket's `max_age` removes old ones).
@@ -1459,6 +1687,8 @@ mod tests {
                 .collect(),
             install_errors: BTreeMap::new(),
             instance: "i".into(),
+            tenant_range: Some("a-m".parse().unwrap()),
+            draining: false,
         };
         let back: Member = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
         assert_eq!(back, m);

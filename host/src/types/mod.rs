@@ -426,6 +426,9 @@ pub struct CommandMetadata {
     /// W3C `traceparent` of the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The host that ran the command and wrote its events (cluster mode: its host id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A command on its way to an aggregate.
