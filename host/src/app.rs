@@ -156,6 +156,11 @@ impl Host {
                 ..ServiceConfig::default()
             },
         ));
+        if let Some(cluster) = &cluster {
+            // One writer per tenant: append only for owned tenants, while the lease holds.
+            let cluster = cluster.clone();
+            service.set_fence(Arc::new(move |tenant| cluster.may_write(tenant)));
+        }
         Ok(Self {
             config,
             runtime,

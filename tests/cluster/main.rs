@@ -21,6 +21,7 @@ mod support;
 #[path = "../../host/tests/support/nats_cluster.rs"]
 mod nats_cluster;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -302,6 +303,7 @@ async fn cluster_scenarios() {
     a_host_that_does_not_acknowledge_is_named_and_catches_up(&cluster).await;
     refusals_and_missing_blobs(&cluster).await;
     nats_restarts_lose_no_change_and_leak_no_consumer(&mut cluster).await;
+    a_dead_or_paused_owner_loses_no_command(&mut cluster).await;
 }
 
 async fn deploys_reach_every_host_under_load(cluster: &Cluster) {
@@ -905,5 +907,279 @@ async fn nats_restarts_lose_no_change_and_leak_no_consumer(cluster: &mut Cluster
     assert!(
         count <= hosts,
         "{what}: {count} consumers on the manifest bucket for {hosts} hosts after {restarts} restarts"
+    );
+}
+
+/// One acknowledged deposit.
+#[derive(Clone)]
+struct Acked {
+    tenant: String,
+    aggregate: String,
+    command_id: String,
+    at: Instant,
+}
+
+/// Deposits on one aggregate per tenant, each retried with its own command id on the next
+/// entry host until acknowledged (bounded): what a client of a cluster does.
+struct TenantLoad {
+    stop: Arc<AtomicBool>,
+    entries: Arc<parking_lot::Mutex<Vec<(String, Client)>>>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Acked>>>,
+}
+
+impl TenantLoad {
+    async fn start(entries: Vec<(String, Client)>, tenants: &[String]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let entries = Arc::new(parking_lot::Mutex::new(entries));
+        let mut tasks = Vec::new();
+        for (n, tenant) in tenants.iter().enumerate() {
+            let aggregate = new_id();
+            let (stop, entries, tenant) = (stop.clone(), entries.clone(), tenant.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut turn = n;
+                let mut first = true;
+                while !stop.load(Ordering::Relaxed) && acked.len() < 5_000 {
+                    let command_id = new_id();
+                    let (command, payload) = if first {
+                        ("open", json!({"owner": tenant}))
+                    } else {
+                        ("deposit", json!({"amount": 1}))
+                    };
+                    let options = aggregate_host::client::CommandOptions {
+                        command_id: Some(command_id.clone()),
+                        ..Default::default()
+                    };
+                    let started = Instant::now();
+                    loop {
+                        let client = {
+                            let e = entries.lock();
+                            turn += 1;
+                            e[turn % e.len()]
+                                .1
+                                .clone()
+                                .with_tenant(Some(tenant.clone()))
+                        };
+                        match client
+                            .send_with(TYPE, &aggregate, command, &payload, &options)
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(e) => {
+                                assert!(
+                                    started.elapsed() < Duration::from_secs(30),
+                                    "a command of {tenant} was not acknowledged within 30 s: {e}"
+                                );
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    first = false;
+                    acked.push(Acked {
+                        tenant: tenant.clone(),
+                        aggregate: aggregate.clone(),
+                        command_id,
+                        at: Instant::now(),
+                    });
+                }
+                acked
+            }));
+        }
+        Self {
+            stop,
+            entries,
+            tasks,
+        }
+    }
+
+    fn only(&self, entries: Vec<(String, Client)>) {
+        *self.entries.lock() = entries;
+    }
+
+    async fn stop(self) -> Vec<Acked> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("a load task panicked"));
+        }
+        all
+    }
+}
+
+/// Every acknowledged command is in the log exactly once, and each aggregate's versions are
+/// 1..n with no gap; returns the events per aggregate.
+async fn check_log(client: &Client, acked: &[Acked], what: &str) -> BTreeMap<String, Vec<Value>> {
+    let mut by_aggregate: BTreeMap<(String, String), Vec<&Acked>> = BTreeMap::new();
+    for a in acked {
+        by_aggregate
+            .entry((a.tenant.clone(), a.aggregate.clone()))
+            .or_default()
+            .push(a);
+    }
+    let mut out = BTreeMap::new();
+    for ((tenant, aggregate), commands) in by_aggregate {
+        let client = client.clone().with_tenant(Some(tenant.clone()));
+        let mut events: Vec<Value> = Vec::new();
+        loop {
+            let page = client
+                .events(TYPE, &aggregate, events.len() as u64, 1000)
+                .await
+                .unwrap();
+            let page = page["events"].as_array().unwrap().clone();
+            if page.is_empty() {
+                break;
+            }
+            events.extend(page);
+        }
+        let versions: Vec<u64> = events
+            .iter()
+            .map(|e| e["version"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=events.len() as u64).collect::<Vec<_>>(),
+            "{what}: versions of {tenant}/{aggregate} have a gap"
+        );
+        let mut causes: Vec<&str> = events
+            .iter()
+            .map(|e| e["causation_id"].as_str().unwrap())
+            .collect();
+        causes.sort();
+        let mut ids: Vec<&str> = commands.iter().map(|a| a.command_id.as_str()).collect();
+        ids.sort();
+        assert_eq!(
+            causes, ids,
+            "{what}: {tenant}/{aggregate}: the log does not hold each acknowledged command exactly once"
+        );
+        out.insert(tenant, events);
+    }
+    out
+}
+
+async fn a_dead_or_paused_owner_loses_no_command(cluster: &mut Cluster) {
+    let what = "kill -9 of an owner";
+    let tenants: Vec<String> = (0..9).map(|n| format!("load-{n}")).collect();
+    let a = cluster.host("a").client();
+    let mut owned_by_c = Vec::new();
+    for t in &tenants {
+        if owner_of(&a, t).await == "c" {
+            owned_by_c.push(t.clone());
+        }
+    }
+    assert!(!owned_by_c.is_empty(), "{what}: c owns none of {tenants:?}");
+    let load = TenantLoad::start(cluster.clients(), &tenants).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = cluster.hosts.iter().position(|(h, _)| h == "c").unwrap();
+    let (_, c_host) = cluster.hosts.remove(c);
+    signal(&c_host, "KILL");
+    let killed = Instant::now();
+    load.only(cluster.clients());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let acked = load.stop().await;
+    drop(c_host);
+    // The dead host's tenants are served again: the first acknowledgement after the kill.
+    let failover = owned_by_c
+        .iter()
+        .map(|t| {
+            acked
+                .iter()
+                .filter(|x| &x.tenant == t && x.at > killed)
+                .map(|x| x.at - killed)
+                .min()
+                .unwrap_or_else(|| panic!("{what}: {t} never served again"))
+        })
+        .max()
+        .unwrap();
+    let logs = check_log(&a, &acked, what).await;
+    eprintln!(
+        "CLUSTER kill -9 of c: its {} tenants served again after {failover:?}; {} commands acknowledged, each in the log once",
+        owned_by_c.len(),
+        acked.len()
+    );
+    assert!(
+        failover <= Duration::from_secs(7),
+        "{what}: failover took {failover:?}"
+    );
+    for t in &owned_by_c {
+        let writers: std::collections::BTreeSet<&str> = logs[t]
+            .iter()
+            .filter_map(|e| e["metadata"]["host"].as_str())
+            .collect();
+        assert!(
+            writers.len() >= 2,
+            "{what}: {t} written by {writers:?} only"
+        );
+    }
+
+    // b paused longer than host_ttl: it writes nothing once it lost ownership, then rejoins.
+    let what = "SIGSTOP of an owner";
+    let load = TenantLoad::start(vec![("a".to_string(), a.clone())], &tenants).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let b_client = cluster.host("b").client();
+    let mut owned_by_b = Vec::new();
+    for t in &tenants {
+        if owner_of(&a, t).await == "b" {
+            owned_by_b.push(t.clone());
+        }
+    }
+    signal(cluster.host("b"), "STOP");
+    let stopped = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    signal(cluster.host("b"), "CONT");
+    let resumed = chrono::Utc::now();
+    cluster.host("b").wait_ready(Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let acked = load.stop().await;
+    let logs = check_log(&b_client, &acked, what).await;
+    let mut taken_over = 0;
+    for t in &owned_by_b {
+        let events = &logs[t];
+        let time = |e: &Value| {
+            chrono::DateTime::parse_from_rfc3339(e["recorded_at"].as_str().unwrap()).unwrap()
+        };
+        // The new owner's first event after b stopped.
+        let Some(first_new) = events
+            .iter()
+            .filter(|e| e["metadata"]["host"] != "b" && time(e) > stopped)
+            .map(time)
+            .min()
+        else {
+            continue;
+        };
+        taken_over += 1;
+        let late: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["metadata"]["host"] == "b" && time(e) > first_new && time(e) < resumed)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{what}: b wrote after it lost {t}: {late:?}"
+        );
+        // Nothing b wrote after it resumed overlaps the new owner's writes: every event of b
+        // after the pause comes after the new owner's last event of the pause.
+        let new_owner_last = events
+            .iter()
+            .filter(|e| e["metadata"]["host"] != "b" && time(e) > stopped)
+            .map(time)
+            .max()
+            .unwrap();
+        let b_after: Vec<_> = events
+            .iter()
+            .filter(|e| e["metadata"]["host"] == "b" && time(e) > stopped)
+            .map(time)
+            .collect();
+        assert!(
+            b_after.iter().all(|t| *t > new_owner_last) || b_after.is_empty(),
+            "{what}: b and the new owner of {t} wrote in the same period"
+        );
+    }
+    eprintln!(
+        "CLUSTER SIGSTOP of b for 7 s: {taken_over} of its {} tenants taken over, {} commands acknowledged, none written by b while it was not the owner",
+        owned_by_b.len(),
+        acked.len()
+    );
+    assert!(
+        taken_over > 0 || owned_by_b.is_empty(),
+        "{what}: nothing taken over"
     );
 }

@@ -15,19 +15,19 @@ use super::{ApiError, AppState};
 use crate::cluster::{FORWARDED_HEADER, NOT_OWNER_HEADER};
 use crate::types::{CommandId, TenantId};
 
-/// Longest a forwarded request may take at the owner (a command's guest call is bounded by its
-/// `timeout_ms`, at most 10 minutes; most answer in milliseconds).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest wait for the owner's answer to one forward: the rest of `forward_retry_ms`, but at
+/// least this (a paused owner must not hold a request longer than the retry budget, a slow
+/// command must still get its answer).
+const MIN_FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 const COMMAND_ID_HEADER: &str = "x-command-id";
 
 /// Whether the request is one that runs on the tenant's owner: a command or a state read.
 fn runs_on_owner(method: &Method, path: &str) -> bool {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        (&Method::POST, ["aggregates", _, _, "commands", _]) => true,
-        (&Method::GET, ["aggregates", _, _]) => true,
-        _ => false,
-    }
+    matches!(
+        (method, parts.as_slice()),
+        (&Method::POST, ["aggregates", _, _, "commands", _]) | (&Method::GET, ["aggregates", _, _])
+    )
 }
 
 /// The tenant a request names; `None` when the header is malformed or missing where required
@@ -74,11 +74,11 @@ pub(super) async fn route_to_owner(
     loop {
         let owner = cluster.owner_of(&tenant);
         let last_problem = match owner {
+            Some(owner) if owner == me && cluster.may_write(&tenant).is_err() => {
+                // Being handed over, or the lease is being renewed: wait within the budget.
+                cluster.may_write(&tenant).unwrap_err()
+            }
             Some(owner) if owner == me => {
-                if let Err(reason) = cluster.lease() {
-                    tracing::warn!(tenant = %tenant, reason, "refusing: the membership lease has run out");
-                    return not_owner(reason);
-                }
                 let request = match (request.take(), read.take()) {
                     (Some(r), _) => r,
                     (None, Some((parts, body))) => {
@@ -131,7 +131,9 @@ pub(super) async fn route_to_owner(
                         path,
                         &parts.headers,
                         body.clone(),
-                        FORWARD_TIMEOUT,
+                        deadline
+                            .saturating_duration_since(Instant::now())
+                            .max(MIN_FORWARD_TIMEOUT),
                     )
                     .await
                 {
@@ -158,8 +160,8 @@ pub(super) async fn route_to_owner(
             None => format!("no live host can own tenant `{tenant}` now"),
         };
         if Instant::now() + backoff > deadline {
-            tracing::warn!(tenant = %tenant, problem = last_problem, "giving up forwarding");
-            return ApiError::ClusterUnavailable(last_problem).into_response();
+            tracing::warn!(tenant = %tenant, problem = last_problem, "giving up: no owner could take the request");
+            return not_owner(last_problem);
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(500));

@@ -272,6 +272,56 @@ struct View {
     includes_me: bool,
 }
 
+/// (host id, draining, range) of every live host, sorted, and the pins.
+type PlacementInputs<'a> = (
+    Vec<(&'a str, bool, Option<String>)>,
+    BTreeMap<&'a str, &'a str>,
+);
+
+impl View {
+    /// The owner of `tenant` under this view.
+    fn owner_of(&self, tenant: &crate::types::TenantId) -> Option<String> {
+        let candidates: Vec<placement::Candidate<'_>> = self
+            .live
+            .iter()
+            .map(|m| placement::Candidate {
+                host_id: &m.host_id,
+                draining: m.draining,
+                range: m.tenant_range.as_ref(),
+            })
+            .collect();
+        let key = Cluster::placement_key(tenant);
+        placement::owner(
+            tenant.as_str(),
+            &candidates,
+            self.pins.get(&key).map(String::as_str),
+        )
+        .map(str::to_string)
+    }
+
+    /// What placement depends on: host ids, whether they drain, their ranges, and the pins.
+    fn placement_inputs(&self) -> PlacementInputs<'_> {
+        let mut hosts: Vec<(&str, bool, Option<String>)> = self
+            .live
+            .iter()
+            .map(|m| {
+                (
+                    m.host_id.as_str(),
+                    m.draining,
+                    m.tenant_range.map(|r| r.to_string()),
+                )
+            })
+            .collect();
+        hosts.sort();
+        let pins = self
+            .pins
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        (hosts, pins)
+    }
+}
+
 #[derive(Default)]
 struct Progress {
     /// Revision applied per key (including deletes).
@@ -299,6 +349,8 @@ pub struct Cluster {
     started_at_ms: u64,
     instance: String,
     view: parking_lot::RwLock<Arc<View>>,
+    /// Views that placed tenants differently, oldest first, with when each became current.
+    history: Mutex<std::collections::VecDeque<(std::time::Instant, Arc<View>)>>,
     /// When this host's last heartbeat was stored (its membership lease starts there).
     last_heartbeat: Mutex<Option<std::time::Instant>>,
     draining: std::sync::atomic::AtomicBool,
@@ -411,6 +463,7 @@ impl Cluster {
             started_at_ms: now_ms(),
             instance: uuid::Uuid::now_v7().simple().to_string(),
             view: parking_lot::RwLock::new(Arc::new(View::default())),
+            history: Mutex::new(std::collections::VecDeque::new()),
             last_heartbeat: Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
             max_memory_bytes,
@@ -1000,6 +1053,12 @@ impl Cluster {
                         }
                     }
                 }
+                if self.lease().is_err() {
+                    // The lease ran out (a long pause, NATS away): other hosts may own this
+                    // host's tenants now. Forget the view, so that rejoining hands tenants over
+                    // like a host joining.
+                    self.set_view(View::default());
+                }
                 let value = serde_json::to_vec(&self.member()).expect("member serializes");
                 match parts
                     .hosts
@@ -1058,11 +1117,89 @@ impl Cluster {
             }
         }
         let includes_me = live.iter().any(|m| m.instance == self.instance);
-        *self.view.write() = Arc::new(View {
+        self.set_view(View {
             live,
             pins,
             includes_me,
         });
+        Ok(())
+    }
+
+    /// Make `view` current; when it places tenants differently from the current one, keep the
+    /// current one in the recent history [`Cluster::may_write`] looks at.
+    fn set_view(&self, view: View) {
+        let view = Arc::new(view);
+        let now = std::time::Instant::now();
+        let mut history = self.history.lock();
+        let differs = history
+            .back()
+            .is_none_or(|(_, last)| last.placement_inputs() != view.placement_inputs());
+        if differs {
+            history.push_back((now, view.clone()));
+            // Keep the views that were current within the hand-over delay, and the one before.
+            let delay = self.handover_delay();
+            while history.len() > 1 && history[1].0 + delay < now {
+                history.pop_front();
+            }
+        } else if let Some(last) = history.back_mut() {
+            last.1 = view.clone();
+        }
+        *self.view.write() = view;
+    }
+
+    /// How long a host waits before it writes for a tenant it newly owns while the previous
+    /// owner is alive (a pin, a drain, a host joining): the previous owner notices at its next
+    /// view refresh (at most a heartbeat interval later, plus one for the refresh times not
+    /// being aligned) and its commands in flight end within the event log's request deadline.
+    pub fn handover_delay(&self) -> Duration {
+        self.config.heartbeat_interval * 2 + self.config.request_timeout
+    }
+
+    /// Whether this host may write for `tenant` now: its membership lease holds, it owns the
+    /// tenant, and it owned it under every view of the last [`Cluster::handover_delay`] — or
+    /// the owner it took the tenant over from is gone (its lease has run out, so it cannot
+    /// write). Checked when a command arrives and again right before its events are appended.
+    ///
+    /// # Errors
+    ///
+    /// Why not (for the log and the 503 answer).
+    pub fn may_write(&self, tenant: &crate::types::TenantId) -> Result<(), String> {
+        self.lease()?;
+        let me = self.config.host_id.as_str();
+        let current = self.view.read().clone();
+        let owner = current.owner_of(tenant);
+        if owner.as_deref() != Some(me) {
+            return Err(match owner {
+                Some(o) => format!("tenant `{tenant}` is owned by host `{o}`"),
+                None => format!("no live host can own tenant `{tenant}` now"),
+            });
+        }
+        let now = std::time::Instant::now();
+        let delay = self.handover_delay();
+        let history = self.history.lock();
+        for (i, (since, view)) in history.iter().enumerate() {
+            // Only views current at some time within the last `delay`.
+            let until = history.get(i + 1).map(|(t, _)| *t);
+            if until.is_some_and(|u| u + delay < now) {
+                continue;
+            }
+            let before = view.owner_of(tenant);
+            let handed_over_by_a_live_host = match &before {
+                Some(o) if o == me => false,
+                Some(o) => current.live.iter().any(|m| &m.host_id == o),
+                // Unknown (this host was not in the view): assume a live previous owner.
+                None => true,
+            };
+            if handed_over_by_a_live_host {
+                let ready_at = until.unwrap_or(*since) + delay;
+                let wait = ready_at.saturating_duration_since(now);
+                return Err(format!(
+                    "tenant `{tenant}` is being handed over to this host from {}; it may write in {} ms",
+                    before.as_deref().unwrap_or("an unknown owner"),
+                    wait.as_millis()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1079,23 +1216,7 @@ impl Cluster {
     /// range holds the tenant; a pin wins; rendezvous hashing otherwise). `None` when no host
     /// can own it (or the view is not read yet).
     pub fn owner_of(&self, tenant: &crate::types::TenantId) -> Option<String> {
-        let view = self.view.read().clone();
-        let candidates: Vec<placement::Candidate<'_>> = view
-            .live
-            .iter()
-            .map(|m| placement::Candidate {
-                host_id: &m.host_id,
-                draining: m.draining,
-                range: m.tenant_range.as_ref(),
-            })
-            .collect();
-        let key = Self::placement_key(tenant);
-        placement::owner(
-            tenant.as_str(),
-            &candidates,
-            view.pins.get(&key).map(String::as_str),
-        )
-        .map(str::to_string)
+        self.view.read().owner_of(tenant)
     }
 
     /// Whether this host may write now: its last stored heartbeat is recent enough that no

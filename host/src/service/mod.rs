@@ -20,6 +20,9 @@ use crate::types::{
     Snapshot, TenantId, Version,
 };
 
+/// A check made right before each append (see [`CommandService::set_fence`]).
+pub type Fence = Arc<dyn Fn(&TenantId) -> Result<(), String> + Send + Sync>;
+
 /// Errors of the command service. Each documents the HTTP status the API maps it to.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -231,6 +234,7 @@ pub struct CommandService {
     locks: Vec<tokio::sync::Mutex<()>>,
     config: ServiceConfig,
     observer: std::sync::OnceLock<Arc<dyn ServiceObserver>>,
+    fence: std::sync::OnceLock<Fence>,
 }
 
 impl CommandService {
@@ -256,7 +260,16 @@ impl CommandService {
                 ..config
             },
             observer: std::sync::OnceLock::new(),
+            fence: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Check `fence` (given the command's tenant) right before every append: an append it
+    /// refuses fails with [`StoreError::Unavailable`] naming the reason (cluster mode: this host
+    /// does not own the tenant, or its membership lease ran out). Only the first call has an
+    /// effect.
+    pub fn set_fence(&self, fence: Fence) {
+        let _ = self.fence.set(fence);
     }
 
     /// Report to `observer` from now on (metrics). Only the first call has an effect.
@@ -418,6 +431,11 @@ impl CommandService {
                 command_id,
                 events,
             };
+            if let Some(Err(reason)) = self.fence.get().map(|f| f(&command.target.tenant)) {
+                return Err(ServiceError::Store(StoreError::Unavailable(format!(
+                    "fenced: {reason}"
+                ))));
+            }
             match self.log.append(commit).await {
                 Ok(appended) if appended.duplicate => {
                     self.cache.remove(&command.target);
