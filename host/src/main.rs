@@ -98,6 +98,14 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Tenant placement in cluster mode (admin API): show it, pin or unpin a tenant, drain or
+    /// resume the whole host.
+    Placement {
+        #[command(subcommand)]
+        action: PlacementAction,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print an aggregate's state and version.
     State {
         /// The aggregate type.
@@ -164,6 +172,33 @@ enum Cmd {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+}
+
+/// What `aggregate-host placement` does.
+#[derive(Debug, clap::Subcommand)]
+enum PlacementAction {
+    /// The pins, the hosts that may own tenants, and with `--tenant` that tenant's owner.
+    Show {
+        /// A tenant whose owner to show.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Pin a tenant to a host (`_` names the single tenant).
+    Pin {
+        /// The tenant.
+        tenant: String,
+        /// The host id.
+        host_id: String,
+    },
+    /// Remove a tenant's pin.
+    Unpin {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Drain the host the admin URL points at: it owns no tenant until `resume`.
+    Drain,
+    /// Let a drained host own tenants again.
+    Resume,
 }
 
 fn main() -> ExitCode {
@@ -286,6 +321,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             after,
             limit,
         ))?),
+        Cmd::Placement { action, remote } => {
+            use reqwest::Method;
+            let client = remote.client();
+            let (method, path, body) = match &action {
+                PlacementAction::Show { tenant: None } => {
+                    (Method::GET, "/admin/placement".to_string(), None)
+                }
+                PlacementAction::Show { tenant: Some(t) } => {
+                    (Method::GET, format!("/admin/placement?tenant_id={t}"), None)
+                }
+                PlacementAction::Pin { tenant, host_id } => (
+                    Method::PUT,
+                    format!("/admin/placement/pins/{tenant}"),
+                    Some(serde_json::json!({ "host_id": host_id })),
+                ),
+                PlacementAction::Unpin { tenant } => (
+                    Method::DELETE,
+                    format!("/admin/placement/pins/{tenant}"),
+                    None,
+                ),
+                PlacementAction::Drain => (
+                    Method::POST,
+                    "/admin/drain".to_string(),
+                    Some(serde_json::json!({ "host": true })),
+                ),
+                PlacementAction::Resume => (
+                    Method::POST,
+                    "/admin/resume".to_string(),
+                    Some(serde_json::json!({ "host": true })),
+                ),
+            };
+            print(&runtime()?.block_on(client.admin(method, &path, body.as_ref()))?)
+        }
         Cmd::Cluster { remote } => {
             let client = remote.client();
             print(&runtime()?.block_on(client.admin(

@@ -575,11 +575,12 @@ async fn resume(State(st): State<AppState>, body: Body) -> Result<Response, ApiE
 async fn reload(State(st): State<AppState>) -> Result<Response, ApiError> {
     if let Some(cluster) = &st.0.cluster {
         let installed = cluster.reload().await?;
+        cluster.reload_placement().await?;
         return Ok(AxumJson(json!({
             "installed": installed,
             "aggregates": st.0.registry.manifest().aggregates.len(),
             "manifest_revision": cluster.health().manifest_revision,
-            "placement": { "mode": "single-host", "tenants": st.0.config.tenants },
+            "placement": { "mode": "cluster", "pins": cluster.pins(), "tenant_range": st.0.config.tenant_range },
         }))
         .into_response());
     }

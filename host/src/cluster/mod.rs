@@ -1203,6 +1203,16 @@ impl Cluster {
         Ok(())
     }
 
+    /// Read the live hosts and the pins again now (`POST /admin/reload`), rather than at the
+    /// next heartbeat.
+    ///
+    /// # Errors
+    ///
+    /// Unavailable.
+    pub async fn reload_placement(&self) -> Result<(), ClusterError> {
+        self.refresh_view().await
+    }
+
     /// The key of `tenant` in [`PLACEMENT_BUCKET`].
     pub fn placement_key(tenant: &crate::types::TenantId) -> String {
         if tenant.is_single() {
