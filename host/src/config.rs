@@ -121,7 +121,8 @@ pub struct Config {
     pub tenant_range: Option<crate::cluster::placement::TenantRange>,
     /// Cluster mode: how long a host that does not own a tenant keeps trying to forward a
     /// command or state read to its owner (while ownership moves), in milliseconds; then it
-    /// answers 503. Default 5000.
+    /// answers 503. Longer than a failover (`host_ttl_ms` plus two heartbeats) so that a
+    /// command forwarded while its owner dies is answered by the next owner. Default 8000.
     pub forward_retry_ms: u64,
 }
 
@@ -183,7 +184,7 @@ impl Default for Config {
             host_ttl_ms: 5000,
             reconcile_interval_ms: 5000,
             tenant_range: None,
-            forward_retry_ms: 5000,
+            forward_retry_ms: 8000,
         }
     }
 }

@@ -59,12 +59,15 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
         aggregate_types = host.registry.manifest().aggregates.len(),
         "serving"
     );
+    // Listen for SIGTERM before announcing the addresses: a signal sent as soon as the
+    // `listening` line appears must start a graceful shutdown, not kill the process.
+    let signals = Signals::install();
     on_bound(bound);
 
     {
         let state = state.clone();
         tokio::spawn(async move {
-            let signal = termination().await;
+            let signal = signals.termination().await;
             tracing::info!(
                 signal,
                 "shutting down: refusing new commands, finishing those in flight"
@@ -110,24 +113,45 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
     Ok(())
 }
 
-#[cfg(unix)]
-async fn termination() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the host");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
-    }
+/// The termination signals, registered when created.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
 }
 
-#[cfg(not(unix))]
-async fn termination() -> &'static str {
-    let _ = tokio::signal::ctrl_c().await;
-    "Ctrl-C"
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let term = signal(SignalKind::terminate())
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the host")
+                })
+                .ok();
+            let int = signal(SignalKind::interrupt()).ok();
+            Self { term, int }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Wait for SIGTERM or SIGINT (Ctrl-C); names the signal.
+    async fn termination(self) -> &'static str {
+        #[cfg(unix)]
+        {
+            let (mut term, mut int) = (self.term, self.int);
+            tokio::select! {
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => "SIGTERM",
+                _ = async { match int.as_mut() { Some(i) => { i.recv().await; } None => { let _ = tokio::signal::ctrl_c().await; } } } => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
 }
