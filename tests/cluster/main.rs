@@ -1113,7 +1113,7 @@ async fn a_dead_or_paused_owner_loses_no_command(cluster: &mut Cluster) {
         acked.len()
     );
     assert!(
-        failover <= Duration::from_secs(7),
+        failover <= Duration::from_secs(6),
         "{what}: failover took {failover:?}"
     );
     for t in &owned_by_c {

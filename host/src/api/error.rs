@@ -292,6 +292,10 @@ impl ApiError {
                 ServiceError::Guest(g) => {
                     Problem::new(P::GuestFault, opaque_guest).with("kind", g.kind())
                 }
+                ServiceError::NotOwner(reason) => Problem::new(
+                    P::Unavailable,
+                    format!("{reason}; the command was not run: retry"),
+                ),
                 ServiceError::Store(StoreError::Unavailable(_)) => {
                     Problem::new(P::Unavailable, "the event log is unavailable; retry later")
                 }
@@ -423,6 +427,12 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if let ApiError::Service(ServiceError::NotOwner(_)) = &self {
+            response.headers_mut().insert(
+                crate::cluster::NOT_OWNER_HEADER,
+                HeaderValue::from_static("1"),
+            );
         }
         response.extensions_mut().insert(ProblemMarker(p.kind));
         if status.is_server_error() {

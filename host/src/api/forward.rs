@@ -68,75 +68,75 @@ pub(super) async fn route_to_owner(
     let retry_for = Duration::from_millis(st.0.config.forward_retry_ms);
     let deadline = Instant::now() + retry_for;
     let mut backoff = Duration::from_millis(20);
-    let mut request = Some(request);
-    // The body, once read for forwarding.
-    let mut read: Option<(axum::http::request::Parts, bytes::Bytes)> = None;
+    // The body is read once, so that the request can be run again (here or on another host)
+    // when ownership moves while it is on its way.
+    let (mut parts, body) = request.into_parts();
+    let body = match super::body::read(body, st.0.config.max_command_bytes, "command body").await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    // A command that may be sent twice must carry an id, so that it runs once.
+    if parts.method == Method::POST && !parts.headers.contains_key(COMMAND_ID_HEADER) {
+        let id = CommandId::generate().to_string();
+        parts.headers.insert(
+            COMMAND_ID_HEADER,
+            HeaderValue::from_str(&id).expect("a UUID is a header value"),
+        );
+    }
     loop {
         let owner = cluster.owner_of(&tenant);
         let last_problem = match owner {
-            Some(owner) if owner == me && cluster.may_write(&tenant).is_err() => {
+            Some(owner) if owner == me => match cluster.may_write(&tenant) {
                 // Being handed over, or the lease is being renewed: wait within the budget.
-                cluster.may_write(&tenant).unwrap_err()
-            }
-            Some(owner) if owner == me => {
-                let request = match (request.take(), read.take()) {
-                    (Some(r), _) => r,
-                    (None, Some((parts, body))) => {
-                        Request::from_parts(parts, axum::body::Body::from(body))
+                Err(reason) => reason,
+                Ok(()) => {
+                    let request =
+                        Request::from_parts(parts.clone(), axum::body::Body::from(body.clone()));
+                    let response = next.clone().run(request).await;
+                    // Refused at the append (ownership moved while it ran): nothing was
+                    // written; run it again where it belongs. A forwarder does that itself.
+                    if forwarded || !response.headers().contains_key(NOT_OWNER_HEADER) {
+                        return response;
                     }
-                    (None, None) => unreachable!("the request is kept until it is used"),
-                };
-                return next.run(request).await;
-            }
+                    format!("tenant `{tenant}` moved while its command ran here")
+                }
+            },
             Some(owner) if forwarded => {
                 return not_owner(format!(
                     "tenant `{tenant}` is owned by host `{owner}`, not by this host"
                 ));
             }
             Some(owner) => {
-                if read.is_none() {
-                    let (mut parts, body) = request.take().expect("not yet read").into_parts();
-                    let body = match super::body::read(
-                        body,
-                        st.0.config.max_command_bytes,
-                        "command body",
-                    )
-                    .await
-                    {
-                        Ok(b) => b,
-                        Err(e) => return e.into_response(),
-                    };
-                    // A retry of the forward must not run the command twice: give it an id.
-                    if parts.method == Method::POST
-                        && !parts.headers.contains_key(COMMAND_ID_HEADER)
-                    {
-                        let id = CommandId::generate().to_string();
-                        parts.headers.insert(
-                            COMMAND_ID_HEADER,
-                            HeaderValue::from_str(&id).expect("a UUID is a header value"),
-                        );
-                    }
-                    read = Some((parts, body));
-                }
-                let (parts, body) = read.as_ref().expect("read above");
                 let path = parts
                     .uri
                     .path_and_query()
                     .map(|p| p.as_str())
                     .unwrap_or("/");
-                match cluster
-                    .forward(
-                        &owner,
-                        parts.method.as_str(),
-                        path,
-                        &parts.headers,
-                        body.clone(),
-                        deadline
-                            .saturating_duration_since(Instant::now())
-                            .max(MIN_FORWARD_TIMEOUT),
-                    )
-                    .await
-                {
+                let forward = cluster.forward(
+                    &owner,
+                    parts.method.as_str(),
+                    path,
+                    &parts.headers,
+                    body.clone(),
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(MIN_FORWARD_TIMEOUT),
+                );
+                // An owner that dies with the request never answers: stop waiting as soon as
+                // the view names another owner (the command is idempotent by its id, and the
+                // old owner can no longer append it).
+                let owner_changed = async {
+                    while cluster.owner_of(&tenant).as_deref() == Some(owner.as_str()) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                let answer = tokio::select! {
+                    answer = forward => answer,
+                    () = owner_changed => Err(crate::cluster::ClusterError::Unavailable(
+                        format!("host `{owner}` stopped owning tenant `{tenant}` while the request was on its way"),
+                    )),
+                };
+                match answer {
                     Ok(answer) if !answer.not_owner() => {
                         let mut response = (
                             StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -164,7 +164,7 @@ pub(super) async fn route_to_owner(
             return not_owner(last_problem);
         }
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(500));
+        backoff = (backoff * 2).min(Duration::from_millis(200));
     }
 }
 

@@ -139,7 +139,8 @@ fn outcome_label(e: &ServiceError) -> CommandOutcomeLabel {
         | ServiceError::CommandIdReused { .. } => L::Conflict,
         ServiceError::Guest(g) if g.is_limit_breach() => L::LimitBreach,
         ServiceError::Guest(_) => L::GuestFault,
-        ServiceError::Store(crate::store::StoreError::Unavailable(_)) => L::Unavailable,
+        ServiceError::Store(crate::store::StoreError::Unavailable(_))
+        | ServiceError::NotOwner(_) => L::Unavailable,
         ServiceError::TenantAccessDenied { .. }
         | ServiceError::UnknownAggregateType(_)
         | ServiceError::UnknownAggregate(_) => L::Refused,

@@ -1075,7 +1075,15 @@ impl Cluster {
                     tracing::warn!(error = %e, "could not read membership and placement");
                 }
             }
-            if !self.pause(self.config.heartbeat_interval).await {
+            // The view is read twice per heartbeat, so a host that left is noticed at most half
+            // an interval after its record expired.
+            if !self.pause(self.config.heartbeat_interval / 2).await {
+                return;
+            }
+            if let Err(e) = self.refresh_view().await {
+                tracing::debug!(error = %e, "could not read membership and placement");
+            }
+            if !self.pause(self.config.heartbeat_interval / 2).await {
                 return;
             }
         }

@@ -85,6 +85,11 @@ pub enum ServiceError {
     /// Storage failed (503).
     #[error(transparent)]
     Store(StoreError),
+    /// Cluster mode: this host may not write for the tenant now (another host owns it, or
+    /// this host's membership lease ran out); nothing was appended, so the command may be sent
+    /// again — to the owner (503).
+    #[error("not written here: {0}")]
+    NotOwner(String),
     /// The registry failed (500).
     #[error(transparent)]
     Registry(RegistryError),
@@ -265,7 +270,7 @@ impl CommandService {
     }
 
     /// Check `fence` (given the command's tenant) right before every append: an append it
-    /// refuses fails with [`StoreError::Unavailable`] naming the reason (cluster mode: this host
+    /// refuses fails with [`ServiceError::NotOwner`] naming the reason (cluster mode: this host
     /// does not own the tenant, or its membership lease ran out). Only the first call has an
     /// effect.
     pub fn set_fence(&self, fence: Fence) {
@@ -432,9 +437,7 @@ impl CommandService {
                 events,
             };
             if let Some(Err(reason)) = self.fence.get().map(|f| f(&command.target.tenant)) {
-                return Err(ServiceError::Store(StoreError::Unavailable(format!(
-                    "fenced: {reason}"
-                ))));
+                return Err(ServiceError::NotOwner(reason));
             }
             match self.log.append(commit).await {
                 Ok(appended) if appended.duplicate => {
