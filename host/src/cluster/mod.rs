@@ -417,6 +417,26 @@ async fn kv_bucket(
     js.get_key_value(bucket).await.map_err(unavailable(bucket))
 }
 
+/// The keys of a KV bucket and its stream's last sequence, from one stream-info request with a
+/// subject filter (no consumer, unlike `kv::Store::keys`).
+async fn bucket_keys(store: &kv::Store, what: &str) -> Result<(u64, Vec<String>), ClusterError> {
+    let prefix = format!("$KV.{}.", store.name);
+    let mut subjects = store
+        .stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .map_err(unavailable(what))?;
+    let last = subjects.info.state.last_sequence;
+    let mut keys = Vec::new();
+    while let Some(s) = subjects.next().await {
+        let (subject, _) = s.map_err(unavailable(what))?;
+        if let Some(key) = subject.strip_prefix(&prefix) {
+            keys.push(key.to_string());
+        }
+    }
+    Ok((last, keys))
+}
+
 /// An existing stream must have the replicas configured: otherwise an operator who set
 /// `nats_replicas: 3` would believe in copies that do not exist.
 fn check_replicas(stream: &str, existing: usize, configured: usize) -> Result<(), ClusterError> {
@@ -894,27 +914,13 @@ impl Cluster {
     /// last reconciliation (one stream-info request, no consumer).
     async fn reconcile(&self, force: bool) -> Result<usize, ClusterError> {
         let parts = self.parts()?;
-        let prefix = format!("$KV.{MANIFEST_BUCKET}.");
-        let mut subjects = parts
-            .manifest
-            .stream
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(unavailable("manifest bucket info"))?;
-        let last = subjects.info.state.last_sequence;
+        let (last, keys) = bucket_keys(&parts.manifest, "manifest bucket").await?;
         let settled = {
             let p = self.progress.lock();
             last == p.reconciled_at && p.install_errors.is_empty()
         };
         if !force && settled {
             return Ok(0);
-        }
-        let mut keys = Vec::new();
-        while let Some(s) = subjects.next().await {
-            let (subject, _) = s.map_err(unavailable("manifest bucket subjects"))?;
-            if let Some(key) = subject.strip_prefix(&prefix) {
-                keys.push(key.to_string());
-            }
         }
         let mut installed = 0;
         for key in keys {
@@ -1099,20 +1105,7 @@ impl Cluster {
             .filter(|m| m.live)
             .map(|m| m.member)
             .collect();
-        let prefix = format!("$KV.{PLACEMENT_BUCKET}.");
-        let mut subjects = parts
-            .placement
-            .stream
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(unavailable("placement bucket info"))?;
-        let mut keys = Vec::new();
-        while let Some(s) = subjects.next().await {
-            let (subject, _) = s.map_err(unavailable("placement bucket subjects"))?;
-            if let Some(key) = subject.strip_prefix(&prefix) {
-                keys.push(key.to_string());
-            }
-        }
+        let (_, keys) = bucket_keys(&parts.placement, "placement bucket").await?;
         let mut pins = HashMap::new();
         for key in keys {
             if let Some(host) = parts
@@ -1331,20 +1324,7 @@ impl Cluster {
     /// [`ClusterError::Unavailable`].
     pub async fn members(&self) -> Result<Vec<MemberView>, ClusterError> {
         let parts = self.parts()?;
-        let prefix = format!("$KV.{HOSTS_BUCKET}.");
-        let mut subjects = parts
-            .hosts
-            .stream
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(unavailable("membership bucket info"))?;
-        let mut keys = Vec::new();
-        while let Some(s) = subjects.next().await {
-            let (subject, _) = s.map_err(unavailable("membership bucket subjects"))?;
-            if let Some(key) = subject.strip_prefix(&prefix) {
-                keys.push(key.to_string());
-            }
-        }
+        let (_, keys) = bucket_keys(&parts.hosts, "membership bucket").await?;
         let now = now_ms();
         let ttl = self.config.host_ttl.as_millis() as u64;
         let mut out = Vec::new();
@@ -1605,7 +1585,13 @@ impl Cluster {
                 None => match parts.manifest.create(ty.as_str(), value).await {
                     Ok(rev) => Some(rev),
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
-                    Err(e) => return Err(unavailable("manifest create")(&e)),
+                    // async-nats 0.51 reports a create that lost a race to another writer as an
+                    // `Other` error ("wrong last sequence") when it reads the key back: if the
+                    // key exists now, another host created it first — read it again.
+                    Err(e) => match self.revision_of(ty).await? {
+                        Some(_) => None,
+                        None => return Err(unavailable("manifest create")(&e)),
+                    },
                 },
             };
             if let Some(rev) = written {

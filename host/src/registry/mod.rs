@@ -435,15 +435,7 @@ impl Registry {
         let _guard = self.deploy_lock.lock();
         let mut next = (*self.manifest()).clone();
         let previous = next.previous(ty)?;
-        if !self.runtime.is_loaded(&previous) {
-            let bytes = self.blobs.get(&previous)?;
-            self.runtime
-                .load(&bytes)
-                .map_err(|source| RegistryError::Component {
-                    aggregate_type: ty.clone(),
-                    source,
-                })?;
-        }
+        self.load_component(ty, &previous)?;
         let outcome = next.roll_back(ty)?;
         next.save(&self.manifest_path)?;
         *self.manifest.write() = Arc::new(next);
