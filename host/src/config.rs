@@ -108,10 +108,13 @@ pub struct Config {
     /// acknowledge the component before it activates it anyway (hosts that did not answer are
     /// named in the answer and catch up from the manifest watch), in milliseconds. Default 10000.
     pub deploy_ack_timeout_ms: u64,
-    /// How often a host renews its membership entry, in milliseconds. Default 1000.
+    /// How often a host renews its membership entry, in milliseconds. Default 500.
     pub heartbeat_interval_ms: u64,
     /// A host whose membership entry is older than this is not live (it disappears from the
-    /// view), in milliseconds; at least twice `heartbeat_interval_ms`. Default 5000.
+    /// view), in milliseconds; at least twice `heartbeat_interval_ms`, and in cluster mode more
+    /// than `nats_request_timeout_ms` plus twice `heartbeat_interval_ms`. Default 4000: a dead
+    /// host's tenants are owned elsewhere about 4 s after its last heartbeat (the 5 s failover
+    /// target with a margin, measured in BENCHMARKS.md).
     pub host_ttl_ms: u64,
     /// How often a host checks the manifest bucket for changes its watch missed, in
     /// milliseconds. Default 5000.
@@ -180,8 +183,8 @@ impl Default for Config {
             advertise_gateway: None,
             advertise_admin: None,
             deploy_ack_timeout_ms: 10_000,
-            heartbeat_interval_ms: 1000,
-            host_ttl_ms: 5000,
+            heartbeat_interval_ms: 500,
+            host_ttl_ms: 4000,
             reconcile_interval_ms: 5000,
             tenant_range: None,
             forward_retry_ms: 8000,
@@ -643,7 +646,7 @@ mod tests {
         assert_eq!(e.field, "host_id");
         let e = Config::load(None, env(&[("AGGREGATE_NATS_REPLICAS", "0")])).unwrap_err();
         assert_eq!(e.field, "nats_replicas");
-        let e = Config::load(None, env(&[("AGGREGATE_HOST_TTL_MS", "1500")])).unwrap_err();
+        let e = Config::load(None, env(&[("AGGREGATE_HOST_TTL_MS", "900")])).unwrap_err();
         assert_eq!(e.field, "host_ttl_ms");
         let e = Config::load(None, env(&[("AGGREGATE_ADVERTISE_ADMIN", "host:9090")])).unwrap_err();
         assert_eq!(e.field, "advertise_admin");

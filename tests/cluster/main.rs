@@ -1270,6 +1270,56 @@ async fn drain_pin_and_a_nats_node_killed_under_load(cluster: &mut Cluster) {
     let errors = load.errors_since(from);
     assert!(errors.is_empty(), "{what}: failed commands: {errors:?}");
 
+    // Drain one tenant on its owner: it is handed over to the next owner, which serves it
+    // until the tenant is resumed; no command fails, and the old owner writes nothing for it
+    // after the drain answered.
+    let what = "drain of one tenant under load";
+    let from = Instant::now();
+    let tenant = tenants[1].clone();
+    let owner = owner_of(&a, &tenant).await;
+    let owner_client = cluster.host(&owner).client();
+    let drained = owner_client
+        .admin(
+            reqwest::Method::POST,
+            "/admin/drain",
+            Some(&json!({"tenant_id": tenant})),
+        )
+        .await
+        .unwrap();
+    let released_at = chrono::Utc::now();
+    assert_eq!(drained["drained"], true, "{what}: {drained}");
+    let next = drained["owner"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no next owner: {drained}"))
+        .to_string();
+    assert_ne!(next, owner, "{what}: {drained}");
+    for h in ["a", "b", "c"] {
+        let mut tries = 0;
+        while owner_of(&cluster.host(h).client(), &tenant).await != next {
+            tries += 1;
+            assert!(
+                tries < 100,
+                "{what}: {h} does not see {next} owning {tenant}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let resumed_at = chrono::Utc::now();
+    let resumed = owner_client
+        .admin(
+            reqwest::Method::POST,
+            "/admin/resume",
+            Some(&json!({"tenant_id": tenant})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resumed["was_draining"], true, "{what}: {resumed}");
+    assert_eq!(resumed["owner"], owner.as_str(), "{what}: {resumed}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let errors = load.errors_since(from);
+    assert!(errors.is_empty(), "{what}: failed commands: {errors:?}");
+
     // kill -9 of one NATS node: commands stall while streams elect leaders, none is lost.
     let killed = Instant::now();
     cluster.nats.kill(0);
@@ -1290,13 +1340,34 @@ async fn drain_pin_and_a_nats_node_killed_under_load(cluster: &mut Cluster) {
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
+    // The drained tenant's events between the drain's answer and the resume: all by the next
+    // owner, and there are some.
+    let handed_over: Vec<&Value> = logs[&tenant]
+        .iter()
+        .filter(|e| {
+            let at =
+                chrono::DateTime::parse_from_rfc3339(e["recorded_at"].as_str().unwrap()).unwrap();
+            at > released_at && at < resumed_at
+        })
+        .collect();
+    assert!(
+        !handed_over.is_empty(),
+        "drain of one tenant: nothing written while it was drained"
+    );
+    for e in &handed_over {
+        assert_eq!(
+            e["metadata"]["host"], next.as_str(),
+            "drain of one tenant: written by another host than the next owner after {owner} released {tenant}: {e}"
+        );
+    }
     let writers: std::collections::BTreeSet<&str> = logs
         .values()
         .flatten()
         .filter_map(|e| e["metadata"]["host"].as_str())
         .collect();
     eprintln!(
-        "CLUSTER drain, pin and NATS node kill under load: {} commands acknowledged, each once and in order; 0 failed during drain and pin; NATS node kill: longest stall {stall:?}, {retried} attempts retried; writers {writers:?}",
-        acked.len()
+        "CLUSTER drain, pin and NATS node kill under load: {} commands acknowledged, each once and in order; 0 failed during host drain, pin and tenant drain ({} events of {tenant} by {next} while {owner} released it); NATS node kill: longest stall {stall:?}, {retried} attempts retried; writers {writers:?}",
+        acked.len(),
+        handed_over.len()
     );
 }

@@ -515,7 +515,9 @@ async fn drain_request(body: Body) -> Result<(TenantId, Duration, bool), ApiErro
 }
 
 /// `POST /admin/drain` `{"tenant_id": "acme", "timeout_ms": 30000}`: refuse the tenant's new
-/// commands and wait for those in flight.
+/// commands and wait for those in flight. In cluster mode the tenant is handed over instead:
+/// this host releases it (its next owner serves it) and waits for those in flight here;
+/// `{"host": true}` drains the whole host that way.
 async fn drain(State(st): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let (tenant, timeout, host) = drain_request(body).await?;
     let started = Instant::now();
@@ -531,6 +533,32 @@ async fn drain(State(st): State<AppState>, body: Body) -> Result<Response, ApiEr
             "draining": true,
             "drained": left == 0,
             "in_flight": left,
+            "waited_ms": started.elapsed().as_millis() as u64,
+        }))
+        .into_response());
+    }
+    if let Some(cluster) = &st.0.cluster {
+        // Cluster mode: hand the tenant over. Announced at once: every host computes its owner
+        // without this one, so new commands go to the next owner (which starts once this host
+        // can no longer write); those running here finish or are fenced at their append and run
+        // again there.
+        let was = cluster.release(&tenant, true).await?;
+        let left = st.0.tenants.wait_idle(&tenant, timeout).await;
+        let owner = cluster.owner_of(&tenant);
+        tracing::info!(
+            tenant_id = tenant.as_str(),
+            in_flight = left,
+            next_owner = owner.as_deref().unwrap_or("none"),
+            "tenant released"
+        );
+        return Ok(AxumJson(json!({
+            "tenant_id": tenant.as_str(),
+            "host_id": cluster.host_id(),
+            "draining": true,
+            "was_draining": was,
+            "drained": left == 0,
+            "in_flight": left,
+            "owner": owner,
             "waited_ms": started.elapsed().as_millis() as u64,
         }))
         .into_response());
@@ -551,7 +579,8 @@ async fn drain(State(st): State<AppState>, body: Body) -> Result<Response, ApiEr
     .into_response())
 }
 
-/// `POST /admin/resume` `{"tenant_id": "acme"}`: accept the tenant's commands again.
+/// `POST /admin/resume` `{"tenant_id": "acme"}`: accept the tenant's commands again (cluster
+/// mode: take the released tenant back where placement gives it to this host).
 async fn resume(State(st): State<AppState>, body: Body) -> Result<Response, ApiError> {
     let (tenant, _, host) = drain_request(body).await?;
     if host {
@@ -561,6 +590,17 @@ async fn resume(State(st): State<AppState>, body: Body) -> Result<Response, ApiE
         return Ok(AxumJson(
             json!({ "host_id": cluster.host_id(), "draining": false, "was_draining": was }),
         )
+        .into_response());
+    }
+    if let Some(cluster) = &st.0.cluster {
+        let was = cluster.release(&tenant, false).await?;
+        return Ok(AxumJson(json!({
+            "tenant_id": tenant.as_str(),
+            "host_id": cluster.host_id(),
+            "draining": false,
+            "was_draining": was,
+            "owner": cluster.owner_of(&tenant),
+        }))
         .into_response());
     }
     let was = st.0.tenants.resume(&tenant);

@@ -392,6 +392,7 @@ impl ApiError {
                     C::BadEntry { .. } | C::MissingBlob(_) => {
                         Problem::new(P::InvalidManifest, e.to_string())
                     }
+                    C::TooManyReleased(_) => Problem::new(P::InvalidInput, e.to_string()),
                     C::Registry(_) | C::Unavailable(_) => Problem::new(P::Internal, opaque),
                 }
             }

@@ -186,6 +186,17 @@ impl Tenants {
         wait_idle(&gate, timeout).await
     }
 
+    /// Wait (at most `timeout`) until `tenant` has no command running here, without refusing
+    /// new ones (cluster mode: the tenant was released, so new ones go to its next owner).
+    /// Returns how many are still running.
+    pub async fn wait_idle(&self, tenant: &TenantId, timeout: Duration) -> usize {
+        let gate = self.gates.lock().get(tenant).cloned();
+        match gate {
+            Some(gate) => wait_idle(&gate, timeout).await,
+            None => 0,
+        }
+    }
+
     /// Accept `tenant`'s commands again. Returns whether it was drained. A tenant with no
     /// accepted work and nothing running leaves the table again.
     pub fn resume(&self, tenant: &TenantId) -> bool {

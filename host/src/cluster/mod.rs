@@ -37,7 +37,7 @@ pub mod placement;
 
 pub use self::forward::{FORWARDED_HEADER, NOT_OWNER_HEADER};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -133,6 +133,9 @@ pub enum ClusterError {
     /// activated, retry.
     #[error("the manifest entry of `{0}` changed meanwhile; nothing was activated, retry")]
     Conflict(AggregateType),
+    /// This host has released as many tenants as it may; resume some first.
+    #[error("this host has released {0} tenants, the most it may; resume one first")]
+    TooManyReleased(usize),
 }
 
 fn unavailable<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> ClusterError + '_ {
@@ -172,7 +175,16 @@ pub struct Member {
     /// A draining host owns no tenant (it is handing its tenants over before a restart).
     #[serde(default)]
     pub draining: bool,
+    /// Tenants (their [`PLACEMENT_BUCKET`] keys) this host has handed over with a drain of one
+    /// tenant: it owns none of them, whatever the hash or a pin says. At most
+    /// [`MAX_RELEASED_TENANTS`].
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub released: BTreeSet<String>,
 }
+
+/// How many tenants one host may have released at once (`POST /admin/drain` of one tenant in
+/// cluster mode): the set travels in every heartbeat, so it is bounded.
+pub const MAX_RELEASED_TENANTS: usize = 1024;
 
 /// A host as the cluster view shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -272,25 +284,26 @@ struct View {
     includes_me: bool,
 }
 
-/// (host id, draining, range) of every live host, sorted, and the pins.
+/// (host id, draining, range, released tenants) of every live host, sorted, and the pins.
 type PlacementInputs<'a> = (
-    Vec<(&'a str, bool, Option<String>)>,
+    Vec<(&'a str, bool, Option<String>, &'a BTreeSet<String>)>,
     BTreeMap<&'a str, &'a str>,
 );
 
 impl View {
     /// The owner of `tenant` under this view.
     fn owner_of(&self, tenant: &crate::types::TenantId) -> Option<String> {
+        let key = Cluster::placement_key(tenant);
+        // A host that released this tenant counts as draining for it.
         let candidates: Vec<placement::Candidate<'_>> = self
             .live
             .iter()
             .map(|m| placement::Candidate {
                 host_id: &m.host_id,
-                draining: m.draining,
+                draining: m.draining || m.released.contains(&key),
                 range: m.tenant_range.as_ref(),
             })
             .collect();
-        let key = Cluster::placement_key(tenant);
         placement::owner(
             tenant.as_str(),
             &candidates,
@@ -301,7 +314,7 @@ impl View {
 
     /// What placement depends on: host ids, whether they drain, their ranges, and the pins.
     fn placement_inputs(&self) -> PlacementInputs<'_> {
-        let mut hosts: Vec<(&str, bool, Option<String>)> = self
+        let mut hosts: Vec<(&str, bool, Option<String>, &BTreeSet<String>)> = self
             .live
             .iter()
             .map(|m| {
@@ -309,6 +322,7 @@ impl View {
                     m.host_id.as_str(),
                     m.draining,
                     m.tenant_range.map(|r| r.to_string()),
+                    &m.released,
                 )
             })
             .collect();
@@ -354,6 +368,8 @@ pub struct Cluster {
     /// When this host's last heartbeat was stored (its membership lease starts there).
     last_heartbeat: Mutex<Option<std::time::Instant>>,
     draining: std::sync::atomic::AtomicBool,
+    /// Placement keys of the tenants this host has released (see [`Member::released`]).
+    released: Mutex<BTreeSet<String>>,
     /// Largest linear memory this host allows a guest (limits above it are refused).
     max_memory_bytes: usize,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -486,6 +502,7 @@ impl Cluster {
             history: Mutex::new(std::collections::VecDeque::new()),
             last_heartbeat: Mutex::new(None),
             draining: std::sync::atomic::AtomicBool::new(false),
+            released: Mutex::new(BTreeSet::new()),
             max_memory_bytes,
             shutdown: tokio::sync::watch::channel(false).0,
             changed: tokio::sync::watch::channel(0).0,
@@ -1035,6 +1052,7 @@ impl Cluster {
             instance: self.instance.clone(),
             tenant_range: self.config.tenant_range,
             draining: self.draining.load(std::sync::atomic::Ordering::Relaxed),
+            released: self.released.lock().clone(),
         }
     }
 
@@ -1262,6 +1280,48 @@ impl Cluster {
     pub async fn set_draining(&self, draining: bool) -> Result<(), ClusterError> {
         self.draining
             .store(draining, std::sync::atomic::Ordering::Relaxed);
+        self.announce().await
+    }
+
+    /// Release `tenant` (`release: false`: take it back): while released this host owns it
+    /// under no hash or pin, so the next owner takes it over; the change is announced at once.
+    /// Returns whether it was released before. Not kept across a restart, like a host drain.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::TooManyReleased`] beyond [`MAX_RELEASED_TENANTS`] (nothing changes);
+    /// [`ClusterError::Unavailable`] when the membership record cannot be written (the release
+    /// still holds here and is announced with the next heartbeat).
+    pub async fn release(
+        &self,
+        tenant: &crate::types::TenantId,
+        release: bool,
+    ) -> Result<bool, ClusterError> {
+        let key = Self::placement_key(tenant);
+        let was = {
+            let mut released = self.released.lock();
+            let was = released.contains(&key);
+            if release && !was && released.len() >= MAX_RELEASED_TENANTS {
+                return Err(ClusterError::TooManyReleased(MAX_RELEASED_TENANTS));
+            }
+            if release {
+                released.insert(key);
+            } else {
+                released.remove(&key);
+            }
+            was
+        };
+        self.announce().await?;
+        Ok(was)
+    }
+
+    /// Whether this host has released `tenant` ([`Cluster::release`]).
+    pub fn is_released(&self, tenant: &crate::types::TenantId) -> bool {
+        self.released.lock().contains(&Self::placement_key(tenant))
+    }
+
+    /// Write this host's membership record now and read the view again.
+    async fn announce(&self) -> Result<(), ClusterError> {
         let parts = self.parts()?;
         let value = serde_json::to_vec(&self.member()).expect("member serializes");
         parts
@@ -1556,7 +1616,7 @@ impl Cluster {
         change: impl Fn(&mut Manifest) -> Result<Deployed, ClusterError>,
     ) -> Result<(Deployed, u64), ClusterError> {
         let parts = self.parts()?;
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 0..CAS_ATTEMPTS {
             let (current, revision) = match self.read_entry(ty).await {
                 Ok(read) => read,
                 Err(ClusterError::BadEntry { key, reason }) if replace_unreadable => {
@@ -1579,17 +1639,30 @@ impl Cluster {
             let written = match revision {
                 Some(r) => match parts.manifest.update(ty.as_str(), value, r).await {
                     Ok(rev) => Some(rev),
-                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => None,
+                    Err(e)
+                        if e.kind() == kv::UpdateErrorKind::WrongLastRevision
+                            || crate::store::jetstream::wrong_last_sequence(&e) =>
+                    {
+                        None
+                    }
                     Err(e) => return Err(unavailable("manifest update")(&e)),
                 },
                 None => match parts.manifest.create(ty.as_str(), value).await {
                     Ok(rev) => Some(rev),
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
                     // async-nats 0.51 reports a create that lost a race to another writer as an
-                    // `Other` error ("wrong last sequence") when it reads the key back: if the
-                    // key exists now, another host created it first — read it again.
+                    // `Other` error ("wrong last sequence") when its read-back of the key finds
+                    // nothing: the bucket allows direct gets, which a replica that has not yet
+                    // applied the other writer's create answers with "not found". Either way
+                    // another host created the key first: read it again (after a short pause, so
+                    // the replica catches up).
                     Err(e) => match self.revision_of(ty).await? {
                         Some(_) => None,
+                        None if crate::store::jetstream::wrong_last_sequence(&e) => {
+                            tokio::time::sleep(Duration::from_millis(5 * (attempt as u64 + 1)))
+                                .await;
+                            None
+                        }
                         None => return Err(unavailable("manifest create")(&e)),
                     },
                 },
@@ -1814,6 +1887,7 @@ mod tests {
             instance: "i".into(),
             tenant_range: Some("a-m".parse().unwrap()),
             draining: false,
+            released: ["acme".to_string()].into_iter().collect(),
         };
         let back: Member = serde_json::from_slice(&serde_json::to_vec(&m).unwrap()).unwrap();
         assert_eq!(back, m);
@@ -1826,6 +1900,68 @@ mod tests {
         old.as_object_mut().unwrap().remove("instance");
         old.as_object_mut().unwrap().remove("install_errors");
         assert!(serde_json::from_value::<Member>(old).is_ok());
+    }
+
+    fn member(host_id: &str) -> Member {
+        Member {
+            host_id: host_id.into(),
+            gateway: String::new(),
+            admin: String::new(),
+            version: String::new(),
+            heartbeat_at_ms: 0,
+            started_at_ms: 0,
+            manifest_revision: 0,
+            caught_up: true,
+            components: BTreeMap::new(),
+            install_errors: BTreeMap::new(),
+            instance: String::new(),
+            tenant_range: None,
+            draining: false,
+            released: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn a_released_tenant_goes_to_the_next_owner_and_only_it_moves() {
+        use crate::types::TenantId;
+        let mut view = View {
+            live: ["h1", "h2", "h3"].map(member).to_vec(),
+            pins: HashMap::new(),
+            includes_me: true,
+        };
+        let tenants: Vec<TenantId> = (0..300)
+            .map(|n| TenantId::new(format!("t{n}")).unwrap())
+            .collect();
+        let before: Vec<String> = tenants.iter().map(|t| view.owner_of(t).unwrap()).collect();
+        let moved = &tenants[0];
+        let owner = before[0].clone();
+        let i = view.live.iter().position(|m| m.host_id == owner).unwrap();
+        view.live[i].released.insert(Cluster::placement_key(moved));
+        let after: Vec<String> = tenants.iter().map(|t| view.owner_of(t).unwrap()).collect();
+        assert_ne!(after[0], owner, "the releasing host still owns the tenant");
+        assert_eq!(after[1..], before[1..], "other tenants moved");
+        // A pin to the releasing host does not bring the tenant back; one to another host wins.
+        view.pins
+            .insert(Cluster::placement_key(moved), owner.clone());
+        assert_ne!(view.owner_of(moved).unwrap(), owner);
+        let third = ["h1", "h2", "h3"]
+            .into_iter()
+            .find(|h| *h != owner && *h != after[0])
+            .unwrap();
+        view.pins
+            .insert(Cluster::placement_key(moved), third.into());
+        assert_eq!(view.owner_of(moved).unwrap(), third);
+        // The released set is part of what placement depends on.
+        let mut unreleased = View {
+            live: ["h1", "h2", "h3"].map(member).to_vec(),
+            pins: view.pins.clone(),
+            includes_me: true,
+        };
+        assert_ne!(unreleased.placement_inputs(), view.placement_inputs());
+        unreleased.live[i]
+            .released
+            .insert(Cluster::placement_key(moved));
+        assert_eq!(unreleased.placement_inputs(), view.placement_inputs());
     }
 
     #[test]

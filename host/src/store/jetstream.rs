@@ -199,6 +199,22 @@ struct Intent {
     after: u64,
 }
 
+/// Whether a KV write or publish failed because another writer wrote the key first: JetStream's "wrong
+/// last sequence". async-nats 0.51 maps only error code 10071 to
+/// `UpdateErrorKind::WrongLastRevision`; nats-server 2.12+ also answers 10164
+/// (`JSStreamWrongLastSequenceConstantErr`, nats-server `server/errors.json`), which arrives
+/// as an `Other` error, so the error text is checked as well.
+pub(crate) fn wrong_last_sequence(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err.to_string().contains("wrong last sequence") {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 fn nats_err(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreError {
     move |e| StoreError::Unavailable(format!("nats: {what}: {e}"))
 }
@@ -689,6 +705,9 @@ impl Core {
         match self.commands.create(key, value.clone()).await {
             Ok(_) => return Ok(IntentOutcome::Recorded),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            // Lost a race to another writer of the same command id, and the direct get that
+            // async-nats reads back with was answered by a replica that has not applied it yet.
+            Err(e) if wrong_last_sequence(&e) => {}
             Err(e) => return Err(nats_err("record command intent")(&e)),
         }
         let Some((previous, revision)) = self.intent(key).await? else {
@@ -708,7 +727,10 @@ impl Core {
         }
         match self.commands.update(key, value, revision).await {
             Ok(_) => Ok(IntentOutcome::Recorded),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+            Err(e)
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision
+                    || wrong_last_sequence(&e) =>
+            {
                 Ok(IntentOutcome::Retry)
             }
             Err(e) => Err(nats_err("update command intent")(&e)),
@@ -792,7 +814,11 @@ impl Core {
             .map_err(|e| StoreError::InvalidCommit(format!("events cannot be serialized: {e}")))?
             .into();
 
-        for _ in 0..8 {
+        for attempt in 0..8u64 {
+            if attempt > 0 {
+                // Another writer of this command id moved first; let replicas catch up.
+                tokio::time::sleep(Duration::from_millis(attempt)).await;
+            }
             let head = self
                 .head_for(&commit.aggregate, &subject, commit.expected)
                 .await?;
