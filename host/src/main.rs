@@ -195,10 +195,27 @@ enum PlacementAction {
         /// The tenant.
         tenant: String,
     },
-    /// Drain the host the admin URL points at: it owns no tenant until `resume`.
-    Drain,
-    /// Let a drained host own tenants again.
-    Resume,
+    /// Drain the host the admin URL points at: it owns no tenant until `resume`. With
+    /// `--tenant`, hand only that tenant over to its next owner.
+    Drain {
+        /// Release only this tenant (it moves to its next owner until `resume --tenant`).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Let a drained host own tenants again (with `--tenant`: take that tenant back).
+    Resume {
+        /// Take back only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+/// The body of `/admin/drain` and `/admin/resume`: one tenant, or the whole host.
+fn drain_body(tenant: &Option<String>) -> serde_json::Value {
+    match tenant {
+        Some(t) => serde_json::json!({ "tenant_id": t }),
+        None => serde_json::json!({ "host": true }),
+    }
 }
 
 fn main() -> ExitCode {
@@ -341,15 +358,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     format!("/admin/placement/pins/{tenant}"),
                     None,
                 ),
-                PlacementAction::Drain => (
+                PlacementAction::Drain { tenant } => (
                     Method::POST,
                     "/admin/drain".to_string(),
-                    Some(serde_json::json!({ "host": true })),
+                    Some(drain_body(tenant)),
                 ),
-                PlacementAction::Resume => (
+                PlacementAction::Resume { tenant } => (
                     Method::POST,
                     "/admin/resume".to_string(),
-                    Some(serde_json::json!({ "host": true })),
+                    Some(drain_body(tenant)),
                 ),
             };
             print(&runtime()?.block_on(client.admin(method, &path, body.as_ref()))?)

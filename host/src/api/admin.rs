@@ -301,7 +301,8 @@ struct PlacementQuery {
 }
 
 /// `GET /admin/placement[?tenant_id=acme]`: the pins, the hosts that may own tenants (live, with
-/// their range and whether they drain) and, for `tenant_id`, its owner now.
+/// their range, whether they drain and the tenants they released) and, for `tenant_id`, its
+/// owner now.
 async fn placement(
     State(st): State<AppState>,
     query: Result<axum::extract::Query<PlacementQuery>, axum::extract::rejection::QueryRejection>,
@@ -318,6 +319,7 @@ async fn placement(
                 "host_id": m.member.host_id,
                 "draining": m.member.draining,
                 "tenant_range": m.member.tenant_range,
+                "released": m.member.released,
             })
         })
         .collect();
