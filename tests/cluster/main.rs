@@ -1304,6 +1304,37 @@ async fn drain_pin_and_a_nats_node_killed_under_load(cluster: &mut Cluster) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    let listed = owner_client
+        .admin(reqwest::Method::GET, "/admin/tenants", None)
+        .await
+        .unwrap();
+    let row = listed["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tenant_id"] == tenant.as_str())
+        .unwrap_or_else(|| panic!("{what}: {tenant} not in {listed}"));
+    assert_eq!(
+        (&row["draining"], &row["owner"]),
+        (&json!(true), &json!(next)),
+        "{what}: {row}"
+    );
+    let placement = a
+        .admin(reqwest::Method::GET, "/admin/placement", None)
+        .await
+        .unwrap();
+    let released: Vec<&Value> = placement["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| {
+            h["released"]
+                .as_array()
+                .is_some_and(|r| r.contains(&json!(tenant)))
+        })
+        .map(|h| &h["host_id"])
+        .collect();
+    assert_eq!(released, [&json!(owner)], "{what}: {placement}");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let resumed_at = chrono::Utc::now();
     let resumed = owner_client

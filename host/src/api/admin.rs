@@ -469,7 +469,9 @@ async fn tenants(State(st): State<AppState>) -> Result<Response, ApiError> {
             "tenant_id": t.tenant.as_str(),
             "aggregates": aggregates,
             "in_flight": t.in_flight,
-            "draining": t.draining,
+            // Cluster mode: a released tenant (a drain of one tenant) counts as draining here.
+            "draining": t.draining
+                || st.0.cluster.as_ref().is_some_and(|c| c.is_released(&t.tenant)),
             "last_activity": t.last_activity,
         });
         if let Some(owner) = owner {
