@@ -43,7 +43,6 @@ mod nats_cluster;
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -171,21 +170,7 @@ struct Bench {
 
 impl Bench {
     fn vars(&self, id: &str, dir: &Path) -> Vec<(String, String)> {
-        [
-            ("AGGREGATE_DATA_DIR", dir.display().to_string()),
-            ("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0".into()),
-            ("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0".into()),
-            ("AGGREGATE_ADMIN_TOKEN", support::TOKEN.into()),
-            ("AGGREGATE_SHUTDOWN_GRACE_SECS", "10".into()),
-            ("AGGREGATE_SHUTDOWN_LINGER_MS", "0".into()),
-            ("AGGREGATE_NATS_URL", self.nats.urls()),
-            ("AGGREGATE_CLUSTER", "true".into()),
-            ("AGGREGATE_HOST_ID", id.into()),
-            ("AGGREGATE_NATS_REPLICAS", "3".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        support::cluster_host_vars(dir, self.nats.urls(), id)
     }
 
     /// Start a host on `dir`; returns it with the time from spawn until it printed its addresses
@@ -194,7 +179,7 @@ impl Bench {
         let started = Instant::now();
         let host = HostProcess::start(dir, &self.vars(id, dir));
         let listening = started.elapsed();
-        wait_ready(&host, started);
+        host.wait_ready_every(READY_TIMEOUT.saturating_sub(started.elapsed()), POLL);
         (host, listening, started.elapsed())
     }
 
@@ -205,34 +190,6 @@ impl Bench {
     /// Each host's id and client.
     fn entries(&self) -> Vec<(String, Client)> {
         self.ids.iter().cloned().zip(self.clients()).collect()
-    }
-}
-
-/// Poll `GET /ready` every [`POLL`] until it answers 200; panics with the host's log after
-/// [`READY_TIMEOUT`].
-fn wait_ready(host: &HostProcess, started: Instant) {
-    let addr = host
-        .admin
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    loop {
-        let status = std::net::TcpStream::connect(&addr).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(b"GET /ready HTTP/1.1\r\nHost: host\r\nConnection: close\r\n\r\n")?;
-            let mut head = [0u8; 12];
-            s.read_exact(&mut head)?;
-            Ok(head)
-        });
-        if matches!(&status, Ok(head) if head.ends_with(b" 200")) {
-            return;
-        }
-        assert!(
-            started.elapsed() < READY_TIMEOUT,
-            "host not ready within {READY_TIMEOUT:?} ({status:?}); its log:\n{}",
-            host.log()
-        );
-        std::thread::sleep(POLL);
     }
 }
 

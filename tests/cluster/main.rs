@@ -45,26 +45,17 @@ struct Cluster {
 
 impl Cluster {
     fn vars(&self, id: &str) -> Vec<(String, String)> {
-        let dir = self.dir.path().join(id);
-        [
-            ("AGGREGATE_DATA_DIR", dir.display().to_string()),
-            ("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0".into()),
-            ("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0".into()),
-            ("AGGREGATE_ADMIN_TOKEN", support::TOKEN.into()),
-            ("AGGREGATE_SHUTDOWN_GRACE_SECS", "10".into()),
-            ("AGGREGATE_SHUTDOWN_LINGER_MS", "0".into()),
-            ("AGGREGATE_NATS_URL", self.nats.urls()),
-            ("AGGREGATE_CLUSTER", "true".into()),
-            ("AGGREGATE_HOST_ID", id.into()),
-            ("AGGREGATE_NATS_REPLICAS", "3".into()),
-            ("AGGREGATE_HEARTBEAT_INTERVAL_MS", "500".into()),
-            ("AGGREGATE_HOST_TTL_MS", "4000".into()),
-            ("AGGREGATE_RECONCILE_INTERVAL_MS", "1000".into()),
-            ("AGGREGATE_DEPLOY_ACK_TIMEOUT_MS", "20000".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        let mut vars = support::cluster_host_vars(&self.data_dir(id), self.nats.urls(), id);
+        vars.extend(
+            [
+                ("AGGREGATE_HEARTBEAT_INTERVAL_MS", "500"),
+                ("AGGREGATE_HOST_TTL_MS", "4000"),
+                ("AGGREGATE_RECONCILE_INTERVAL_MS", "1000"),
+                ("AGGREGATE_DEPLOY_ACK_TIMEOUT_MS", "20000"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        vars
     }
 
     fn data_dir(&self, id: &str) -> PathBuf {

@@ -21,6 +21,32 @@ pub use aggregate_host::types::AggregateId;
 /// The admin token every test host is started with.
 pub const TOKEN: &str = "e2e-admin-token-0123456789";
 
+/// The environment of a host in cluster mode on `data_dir`, as `tests/cluster` and the cluster
+/// bench start it: loopback listeners on free ports, the admin token [`TOKEN`], a 10 s shutdown
+/// grace without linger, NATS at `nats_urls` (comma-separated) with every stream and bucket R3,
+/// and `host_id`.
+pub fn cluster_host_vars(
+    data_dir: &Path,
+    nats_urls: String,
+    host_id: &str,
+) -> Vec<(String, String)> {
+    [
+        ("AGGREGATE_DATA_DIR", data_dir.display().to_string()),
+        ("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0".into()),
+        ("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0".into()),
+        ("AGGREGATE_ADMIN_TOKEN", TOKEN.into()),
+        ("AGGREGATE_SHUTDOWN_GRACE_SECS", "10".into()),
+        ("AGGREGATE_SHUTDOWN_LINGER_MS", "0".into()),
+        ("AGGREGATE_NATS_URL", nats_urls),
+        ("AGGREGATE_CLUSTER", "true".into()),
+        ("AGGREGATE_HOST_ID", host_id.into()),
+        ("AGGREGATE_NATS_REPLICAS", "3".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// The binary under test, built by cargo for this test target.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_aggregate-host");
 
@@ -165,6 +191,11 @@ impl HostProcess {
     /// Poll `GET /ready` on the admin listener until it answers 200; panics with the host's log
     /// after `timeout`.
     pub fn wait_ready(&self, timeout: Duration) {
+        self.wait_ready_every(timeout, Duration::from_millis(20));
+    }
+
+    /// [`HostProcess::wait_ready`], polling every `poll` (benches time start-up to the poll).
+    pub fn wait_ready_every(&self, timeout: Duration, poll: Duration) {
         use std::io::Write;
         let addr = self
             .admin
@@ -189,7 +220,7 @@ impl HostProcess {
                     self.log()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(poll);
         }
     }
 
