@@ -127,6 +127,21 @@ pub struct Config {
     /// answers 503. Longer than a failover (`host_ttl_ms` plus two heartbeats) so that a
     /// command forwarded while its owner dies is answered by the next owner. Default 8000.
     pub forward_retry_ms: u64,
+    /// How often an idle event stream sends a heartbeat (an SSE comment, an empty NDJSON line) so
+    /// that proxies keep it open, in milliseconds. Default 15000.
+    pub stream_heartbeat_ms: u64,
+    /// Most event streams one tenant may have open on this host at once; more are answered 429.
+    /// Default 64.
+    pub max_streams_per_tenant: usize,
+    /// Most event streams open on this host at once, all tenants together; more are answered
+    /// 429. Default 4096.
+    pub max_streams: usize,
+    /// Keep the state index that filtered queries read (`GET /aggregates/{type}?filter=`).
+    /// Default true; without it those queries answer 404.
+    pub state_index: bool,
+    /// How long a query waits for the state index to reach the log position it must reflect,
+    /// in milliseconds; then it answers 503. Default 5000.
+    pub query_wait_ms: u64,
 }
 
 /// What the host does when NATS cannot be reached at start.
@@ -188,6 +203,11 @@ impl Default for Config {
             reconcile_interval_ms: 5000,
             tenant_range: None,
             forward_retry_ms: 8000,
+            stream_heartbeat_ms: 15_000,
+            max_streams_per_tenant: 64,
+            max_streams: 4096,
+            state_index: true,
+            query_wait_ms: 5000,
         }
     }
 }
@@ -319,6 +339,11 @@ impl Config {
                 }
             }
             "FORWARD_RETRY_MS" => self.forward_retry_ms = num(key, &v)?,
+            "STREAM_HEARTBEAT_MS" => self.stream_heartbeat_ms = num(key, &v)?,
+            "MAX_STREAMS_PER_TENANT" => self.max_streams_per_tenant = num(key, &v)?,
+            "MAX_STREAMS" => self.max_streams = num(key, &v)?,
+            "STATE_INDEX" => self.state_index = flag(key, &v)?,
+            "QUERY_WAIT_MS" => self.query_wait_ms = num(key, &v)?,
             // Variables of later features and of the logging setup are not ours to refuse.
             _ => {}
         }
@@ -506,6 +531,29 @@ impl Config {
             return Err(err(
                 "forward_retry_ms",
                 format!("{} is outside 100..=600000", self.forward_retry_ms),
+            ));
+        }
+        if !(100..=3_600_000).contains(&self.stream_heartbeat_ms) {
+            return Err(err(
+                "stream_heartbeat_ms",
+                format!("{} is outside 100..=3600000", self.stream_heartbeat_ms),
+            ));
+        }
+        if self.max_streams_per_tenant == 0 || self.max_streams == 0 {
+            let field = if self.max_streams == 0 {
+                "max_streams"
+            } else {
+                "max_streams_per_tenant"
+            };
+            return Err(err(
+                field,
+                "0 would refuse every event stream; use at least 1",
+            ));
+        }
+        if !(1..=600_000).contains(&self.query_wait_ms) {
+            return Err(err(
+                "query_wait_ms",
+                format!("{} is outside 1..=600000", self.query_wait_ms),
             ));
         }
         if self.max_command_bytes < 64 {

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aggregate_host::store::{
-    BreakerConfig, BreakerState, Commit, ConnectMode, EmbeddedLog, EventLog, EventStream,
-    JetStreamConfig, JetStreamLog, StoreError,
+    BreakerConfig, BreakerState, Commit, ConnectMode, EmbeddedConfig, EmbeddedLog, EventLog, Feed,
+    FeedFilter, FeedItem, JetStreamConfig, JetStreamLog, StoreError,
 };
 use aggregate_host::types::{
     AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, ComponentHash, Event,
@@ -142,6 +142,35 @@ fn commit_with_id(
             .map(|i| event(aggregate, expected + 1 + i as u64, command_id, i))
             .collect(),
     }
+}
+
+/// A feed's events, one by one.
+type EventStream = futures::stream::BoxStream<'static, Result<Event, StoreError>>;
+
+async fn subscribe_events(
+    log: &dyn EventLog,
+    tenant: &TenantId,
+    aggregate_type: Option<&AggregateType>,
+) -> EventStream {
+    let feed = log
+        .subscribe(FeedFilter::tenant(tenant, aggregate_type), None)
+        .await
+        .unwrap();
+    feed.flat_map(|item| {
+        futures::stream::iter(match item {
+            Ok(commit) => commit.events.iter().cloned().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        })
+    })
+    .boxed()
+}
+
+async fn next_commit(feed: &mut Feed) -> FeedItem {
+    tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .expect("a commit within 10 s")
+        .expect("the feed goes on")
+        .expect("a commit, not an error")
 }
 
 fn versions(events: &[Event]) -> Vec<u64> {
@@ -528,9 +557,9 @@ async fn subscribe_receives_new_events_of_its_tenant_only(b: &dyn Backend) {
     let before = agg("t1", "account");
     log.append(commit(&before, 0, 1)).await.unwrap();
 
-    let mut all = log.subscribe(&tenant("t1"), None).await.unwrap();
-    let mut accounts = log.subscribe(&tenant("t1"), Some(&acct)).await.unwrap();
-    let mut other_tenant = log.subscribe(&tenant("t2"), None).await.unwrap();
+    let mut all = subscribe_events(log.as_ref(), &tenant("t1"), None).await;
+    let mut accounts = subscribe_events(log.as_ref(), &tenant("t1"), Some(&acct)).await;
+    let mut other_tenant = subscribe_events(log.as_ref(), &tenant("t2"), None).await;
 
     let t2 = agg("t2", "account");
     let t1x = agg("t1x", "account");
@@ -573,6 +602,155 @@ async fn subscribe_receives_new_events_of_its_tenant_only(b: &dyn Backend) {
 
     assert_eq!(next_event(&mut other_tenant).await, c_t2.events[0]);
     nothing_more(&mut other_tenant).await;
+}
+
+/// A feed from a position replays the stored commits after it, then follows new ones; positions
+/// grow; `position()` is the last commit's.
+async fn subscribe_after_a_position_replays_then_follows(b: &dyn Backend) {
+    let log = b.open().await;
+    assert_eq!(log.position().await.unwrap(), 0, "an empty log is at 0");
+    let a = agg("t1", "account");
+    let o = agg("t1", "order");
+    let other = agg("t2", "account");
+    let mut appended = Vec::new();
+    for (i, target) in [&a, &other, &o, &a, &other, &a].into_iter().enumerate() {
+        let v = log.version(target).await.unwrap().0;
+        let c = commit(target, v, 1 + i % 2);
+        let done = log.append(c.clone()).await.unwrap();
+        appended.push((done.position, c));
+    }
+    // A command with no events has a position but is in no tenant's feed.
+    let va = log.version(&a).await.unwrap().0;
+    let empty = log.append(commit(&a, va, 0)).await.unwrap();
+    let last = appended.last().unwrap().0.max(empty.position);
+    assert_eq!(log.position().await.unwrap(), last);
+    let positions: Vec<u64> = appended.iter().map(|(p, _)| *p).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions grow: {positions:?}"
+    );
+
+    // From after the first t1 commit: the other t1 commits, in order, then new ones.
+    let first = appended[0].0;
+    let mut feed = log
+        .subscribe(FeedFilter::tenant(&tenant("t1"), None), Some(first))
+        .await
+        .unwrap();
+    for (position, c) in appended
+        .iter()
+        .skip(1)
+        .filter(|(_, c)| c.aggregate.tenant == tenant("t1"))
+    {
+        let item = next_commit(&mut feed).await;
+        assert_eq!(item.position, *position);
+        assert_eq!(&item.events[..], &c.events[..]);
+    }
+    let c = commit(&o, 1, 1);
+    let done = log.append(c.clone()).await.unwrap();
+    let item = next_commit(&mut feed).await;
+    assert_eq!(
+        (item.position, &item.events[..]),
+        (done.position, &c.events[..])
+    );
+    if let Ok(Some(item)) = tokio::time::timeout(Duration::from_millis(300), feed.next()).await {
+        panic!("unexpected item on the feed: {item:?}");
+    }
+
+    // Every tenant, one type, from the start: a feed of every tenant also carries the commit
+    // with no events (so a reader of the whole log can count it as read).
+    let mut feed = log
+        .subscribe(
+            FeedFilter {
+                tenant: None,
+                aggregate_type: Some(AggregateType::new("account").unwrap()),
+            },
+            Some(0),
+        )
+        .await
+        .unwrap();
+    let mut want: Vec<u64> = appended
+        .iter()
+        .filter(|(_, c)| c.aggregate.aggregate_type.as_str() == "account")
+        .map(|(p, _)| *p)
+        .collect();
+    want.push(empty.position);
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        let item = next_commit(&mut feed).await;
+        assert_eq!(item.events.is_empty(), item.position == empty.position);
+        got.push(item.position);
+    }
+    assert_eq!(got, want);
+}
+
+/// A reader that drops its feed part-way and subscribes again after the last position it saw
+/// ends up with exactly the log — while a writer keeps appending.
+async fn a_resumed_feed_has_no_gap_and_no_duplicate(b: &dyn Backend) {
+    let log = b.open().await;
+    let t = tenant("t1");
+    const COMMITS: usize = 300;
+    let writer = {
+        let log = log.clone();
+        tokio::spawn(async move {
+            let aggregates: Vec<AggregateRef> = (0..5).map(|_| agg("t1", "account")).collect();
+            let noise = agg("t2", "account");
+            let mut versions = [0u64; 5];
+            for i in 0..COMMITS {
+                let k = i % 5;
+                let n = 1 + i % 3;
+                log.append(commit(&aggregates[k], versions[k], n))
+                    .await
+                    .unwrap();
+                versions[k] += n as u64;
+                if i % 4 == 0 {
+                    let v = log.version(&noise).await.unwrap().0;
+                    log.append(commit(&noise, v, 1)).await.unwrap();
+                }
+                if i % 16 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            aggregates
+        })
+    };
+    let mut seen: Vec<FeedItem> = Vec::new();
+    let mut after = 0u64;
+    let mut reconnects = 0;
+    while seen.len() < COMMITS {
+        let mut feed = log
+            .subscribe(FeedFilter::tenant(&t, None), Some(after))
+            .await
+            .unwrap();
+        // Read a random-ish number of commits, then drop the feed mid-stream.
+        let take = 17 + reconnects * 13;
+        for _ in 0..take {
+            if seen.len() == COMMITS {
+                break;
+            }
+            let item = next_commit(&mut feed).await;
+            after = item.position;
+            seen.push(item);
+        }
+        reconnects += 1;
+    }
+    let aggregates = writer.await.unwrap();
+    assert!(reconnects >= 5, "the reader reconnected {reconnects} times");
+    let positions: Vec<u64> = seen.iter().map(|i| i.position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "no duplicate, in order"
+    );
+    // Every event of t1 exactly once: per aggregate the versions 1..=n, in order.
+    for a in &aggregates {
+        let from_feed: Vec<Event> = seen
+            .iter()
+            .flat_map(|i| i.events.iter())
+            .filter(|e| e.aggregate == *a)
+            .cloned()
+            .collect();
+        assert_eq!(from_feed, log.read(a, Version(0)).await.unwrap(), "{a}");
+    }
+    assert!(seen.iter().all(|i| i.events[0].aggregate.tenant == t));
 }
 
 async fn reopen_keeps_everything(b: &dyn Backend) {
@@ -669,8 +847,92 @@ conformance!(
     single_tenant_works,
     list_aggregates_per_tenant,
     subscribe_receives_new_events_of_its_tenant_only,
+    subscribe_after_a_position_replays_then_follows,
+    a_resumed_feed_has_no_gap_and_no_duplicate,
     reopen_keeps_everything,
 );
+
+// ---------------------------------------------------------------------------------------------
+// Embedded only
+
+/// A subscriber far behind the broadcast (a buffer of 2 commits) is caught up from the log: it
+/// sees every commit, in order, instead of a "lagged" error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_slow_subscriber_is_caught_up_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open_with(
+        dir.path(),
+        EmbeddedConfig {
+            subscriber_buffer: 2,
+            ..EmbeddedConfig::default()
+        },
+    )
+    .unwrap();
+    let mut feed = log
+        .subscribe(FeedFilter::tenant(&tenant("t1"), None), None)
+        .await
+        .unwrap();
+    let a = agg("t1", "account");
+    let mut positions = Vec::new();
+    for v in 0..200u64 {
+        positions.push(log.append(commit(&a, v, 1)).await.unwrap().position);
+    }
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got.push(next_commit(&mut feed).await.position);
+    }
+    assert_eq!(got, positions);
+}
+
+/// A database written before the feed keyspaces existed gets them filled from its command
+/// records on open: a feed from 0 has every commit with events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_feed_is_filled_for_an_older_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = agg("t1", "account");
+    let mut positions = Vec::new();
+    {
+        let log = EmbeddedLog::open(dir.path()).unwrap();
+        for v in 0..5u64 {
+            positions.push(log.append(commit(&a, v, 1)).await.unwrap().position);
+        }
+        log.append(commit(&a, 5, 0)).await.unwrap();
+        log.flush().await.unwrap();
+    }
+    // Make it look like an older database: no feed entries, no marker.
+    {
+        let db = fjall::Database::builder(dir.path()).open().unwrap();
+        for (name, entries) in [("feed", 5), ("positions", 6)] {
+            let ks = db
+                .keyspace(name, fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            let keys: Vec<_> = ks.iter().map(|g| g.key().unwrap()).collect();
+            assert_eq!(
+                keys.len(),
+                entries,
+                "{name}: an entry per commit (feed: with events)"
+            );
+            for k in keys {
+                ks.remove(k).unwrap();
+            }
+        }
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        meta.remove("feed").unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let log = EmbeddedLog::open(dir.path()).unwrap();
+    let mut feed = log
+        .subscribe(FeedFilter::tenant(&tenant("t1"), None), Some(0))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next_commit(&mut feed).await.position);
+    }
+    assert_eq!(got, positions);
+}
 
 // ---------------------------------------------------------------------------------------------
 // JetStream only

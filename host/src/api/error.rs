@@ -104,6 +104,14 @@ problem_types! {
         "Cluster mode: a live host refused the deploy, rollback or limits change in its prepare phase (`refused` maps each host id to its reason, e.g. limits above its `max_memory_mb`); nothing was activated.";
     NotReady = "not-ready", 503, "Not ready",
         "A readiness check failed (`checks` lists each with its status).";
+    InvalidFilter = "invalid-filter", 400, "Invalid filter",
+        "The `filter` of a state query is not a usable CEL expression: a syntax error, an unknown function or variable, a result that is not a bool, or an expression over the size, nesting or cost bounds (`kind`: syntax, unknown-function, unknown-variable, not-boolean, too-expensive; `position`: byte offset in the filter, when known). Nothing was evaluated.";
+    UnknownVersion = "unknown-version", 404, "Unknown version",
+        "The aggregate never had the version asked for (`?version=N` above its current version, or 0), or had no events yet at the `?at=` time.";
+    TooManyStreams = "too-many-streams", 429, "Too many event streams",
+        "The tenant (or the host) has as many event streams open as it may (`scope`: tenant or host; `limit`); close one first.";
+    IndexBehind = "index-behind", 503, "State index behind",
+        "The state index did not reach the log position the query must reflect within `query_wait_ms` (it is catching up or being rebuilt); retry.";
 }
 
 impl ProblemType {
@@ -184,6 +192,23 @@ pub enum ApiError {
     /// manifest bucket holds something unusable).
     #[error(transparent)]
     Cluster(crate::cluster::ClusterError),
+    /// A state query's filter is unusable.
+    #[error("filter: {0}")]
+    InvalidFilter(crate::query::filter::FilterError),
+    /// The aggregate never had the version (or had no events at the time) asked for.
+    #[error("{0}")]
+    UnknownVersion(String),
+    /// An event stream bound is reached (`scope`: `tenant` or `host`).
+    #[error("too many event streams open for this {scope}: the limit is {limit}")]
+    TooManyStreams {
+        /// `tenant` or `host`.
+        scope: &'static str,
+        /// The bound.
+        limit: usize,
+    },
+    /// The state index did not reach the position a query must reflect in time.
+    #[error("{0}")]
+    IndexBehind(String),
     /// Anything unexpected.
     #[error("internal error: {0}")]
     Internal(String),
@@ -396,6 +421,23 @@ impl ApiError {
                     C::Registry(_) | C::Unavailable(_) => Problem::new(P::Internal, opaque),
                 }
             }
+            ApiError::InvalidFilter(f) => {
+                let p = Problem::new(P::InvalidFilter, self.to_string()).with(
+                    "kind",
+                    serde_json::to_value(f.kind).unwrap_or_default(),
+                );
+                match f.position {
+                    Some(pos) => p.with("position", pos),
+                    None => p,
+                }
+            }
+            ApiError::UnknownVersion(_) => Problem::new(P::UnknownVersion, self.to_string()),
+            ApiError::TooManyStreams { scope, limit } => {
+                Problem::new(P::TooManyStreams, self.to_string())
+                    .with("scope", *scope)
+                    .with("limit", *limit)
+            }
+            ApiError::IndexBehind(_) => Problem::new(P::IndexBehind, self.to_string()),
             ApiError::Internal(_) => Problem::new(P::Internal, opaque),
         }
     }
@@ -422,6 +464,8 @@ impl IntoResponse for ApiError {
                 );
             }
             ProblemType::Unavailable
+            | ProblemType::IndexBehind
+            | ProblemType::TooManyStreams
             | ProblemType::TenantDraining
             | ProblemType::ShuttingDown
             | ProblemType::NotReady => {

@@ -7,15 +7,16 @@ use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json as AxumJson;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState, ProblemType, Routes};
 use crate::service::{ServiceError, ServiceObserver, Submit};
+use crate::store::FeedFilter;
 use crate::telemetry::CommandOutcomeLabel;
 use crate::types::{
     AggregateId, AggregateRef, AggregateType, CommandId, CommandMetadata, ComponentHash, Event,
@@ -374,15 +375,125 @@ async fn events(
 struct StreamQuery {
     aggregate_type: Option<String>,
     aggregate_id: Option<String>,
+    after: Option<String>,
 }
 
-/// `GET /events/stream?aggregate_type=&aggregate_id=`: a `ready` event once subscribed, then one
-/// `event` per new event of the tenant (optionally one type or one aggregate).
+/// `Last-Event-ID`: where an SSE client that reconnects saw its last event.
+const LAST_EVENT_ID_HEADER: &str = "last-event-id";
+/// The media type of the newline-delimited JSON form of the event stream.
+const NDJSON: &str = "application/x-ndjson";
+
+/// A place in the event log: just after event `index` of the commit at `position` (after the
+/// whole commit when `index` is absent). Written `P` or `P.i`; every streamed event carries its
+/// own as `id` (`P.i`: the commit's log position and the event's index in the commit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    position: u64,
+    index: Option<usize>,
+}
+
+impl Cursor {
+    fn parse(what: &str, raw: &str) -> Result<Self, ApiError> {
+        let bad = || {
+            ApiError::BadRequest(format!(
+                "{what}: {raw:?} is not an event id; use `P` or `P.i` (log position, event index) as the stream sent it"
+            ))
+        };
+        let raw = raw.trim();
+        let (p, i) = match raw.split_once('.') {
+            Some((p, i)) => (p, Some(i)),
+            None => (raw, None),
+        };
+        let position = p.parse::<u64>().map_err(|_| bad())?;
+        let index = i
+            .map(|i| i.parse::<usize>().map_err(|_| bad()))
+            .transpose()?;
+        Ok(Self { position, index })
+    }
+}
+
+/// One piece of an event stream, rendered as SSE or NDJSON.
+enum Chunk {
+    Ready(serde_json::Value),
+    Event { id: String, event: Event },
+    Heartbeat,
+    Error(serde_json::Value),
+}
+
+/// What one open event stream holds; dropped (with its feed and its place in the stream
+/// bounds) when the client goes away or the host shuts down.
+struct Follow {
+    feed: crate::store::Feed,
+    aggregate_id: Option<AggregateId>,
+    /// Events of this commit up to this index were already seen (a `P.i` resume).
+    seen_in: Option<(u64, usize)>,
+    heartbeat: Duration,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    pending: std::collections::VecDeque<Chunk>,
+    done: bool,
+    _slot: super::tenants::StreamSlot,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Option<Chunk> {
+        loop {
+            if let Some(c) = self.pending.pop_front() {
+                return Some(c);
+            }
+            if self.done {
+                return None;
+            }
+            let item = tokio::select! {
+                _ = &mut self.shutdown => return None,
+                _ = tokio::time::sleep(self.heartbeat) => return Some(Chunk::Heartbeat),
+                item = self.feed.next() => item,
+            };
+            match item {
+                None => return None,
+                Some(Ok(commit)) => {
+                    for (index, event) in commit.events.iter().enumerate() {
+                        if self
+                            .seen_in
+                            .is_some_and(|(p, i)| p == commit.position && index <= i)
+                        {
+                            continue;
+                        }
+                        if self
+                            .aggregate_id
+                            .is_some_and(|id| id != event.aggregate.aggregate_id)
+                        {
+                            continue;
+                        }
+                        self.pending.push_back(Chunk::Event {
+                            id: format!("{}.{index}", commit.position),
+                            event: event.clone(),
+                        });
+                    }
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    tracing::warn!(error = %e, "event stream failed");
+                    let p = ProblemType::Unavailable;
+                    return Some(Chunk::Error(json!({
+                        "type": p.uri(), "title": p.title(), "status": p.status().as_u16(),
+                        "detail": "the event log failed; reconnect with the last event id to continue",
+                    })));
+                }
+            }
+        }
+    }
+}
+
+/// `GET /events/stream?aggregate_type=&aggregate_id=&after=`: a `ready` event once subscribed,
+/// then one `event` per event of the tenant (optionally one type or one aggregate), each with its
+/// `id` (`P.i`). `Last-Event-ID` (or `after=`) continues just after that event, with no gap and
+/// no repeat; without either the stream starts at the log's end. `Accept: application/x-ndjson`
+/// answers one JSON object per line instead (`{"id", "event"}`; heartbeats are empty lines).
 async fn stream(
     State(st): State<AppState>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
     let tenant = st.0.tenants.resolve(&headers)?;
     let ty = q.aggregate_type.map(AggregateType::new).transpose()?;
@@ -395,48 +506,95 @@ async fn stream(
             "query: aggregate_id needs aggregate_type".into(),
         ));
     }
+    let resume = match header(&headers, LAST_EVENT_ID_HEADER)? {
+        Some(raw) if !raw.trim().is_empty() => Some(Cursor::parse("header Last-Event-ID", raw)?),
+        _ => q
+            .after
+            .as_deref()
+            .map(|raw| Cursor::parse("query: after", raw))
+            .transpose()?,
+    };
+    let ndjson = header(&headers, "accept")?.is_some_and(|a| a.contains(NDJSON));
     if let Some(ty) = &ty {
         st.0.registry.resolve(ty).map_err(ServiceError::from)?;
     }
-    let events =
-        st.0.service
-            .log()
-            .subscribe(&tenant, ty.as_ref())
-            .await
-            .map_err(ServiceError::from)?;
-    let ready = SseEvent::default().event("ready").data(
-        json!({ "tenant_id": tenant.as_str(), "aggregate_type": ty, "aggregate_id": id.map(|i| i.to_string()) }).to_string(),
-    );
-    let body = events
-        .filter(move |e| std::future::ready(match (&id, e) {
-            (Some(id), Ok(e)) => e.aggregate.aggregate_id == *id,
-            _ => true,
-        }))
-        .scan(false, |failed, item| {
-            if *failed {
-                return std::future::ready(None);
-            }
-            let sse = match item {
-                Ok(e) => {
-                    let sse_id = format!("{}/{}/{}", e.aggregate.aggregate_type, e.aggregate.aggregate_id, e.version);
-                    SseEvent::default().event("event").id(sse_id).data(serde_json::to_string(&e).unwrap_or_default())
-                }
-                Err(e) => {
-                    *failed = true;
-                    tracing::warn!(error = %e, "event stream failed");
-                    let p = ProblemType::Unavailable;
-                    SseEvent::default()
-                        .event("error")
-                        .data(json!({ "type": p.uri(), "title": p.title(), "status": p.status().as_u16() }).to_string())
-                }
+    if st.0.tenants.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let slot = st.0.tenants.open_stream(
+        &tenant,
+        st.0.config.max_streams_per_tenant,
+        st.0.config.max_streams,
+    )?;
+    let log = st.0.service.log();
+    // Start at a known position, so the `ready` event can say where the stream begins.
+    let (after, seen_in) = match resume {
+        Some(Cursor {
+            position,
+            index: Some(i),
+        }) => (position.saturating_sub(1), Some((position, i))),
+        Some(Cursor {
+            position,
+            index: None,
+        }) => (position, None),
+        None => (log.position().await.map_err(ServiceError::from)?, None),
+    };
+    let feed = log
+        .subscribe(FeedFilter::tenant(&tenant, ty.as_ref()), Some(after))
+        .await
+        .map_err(ServiceError::from)?;
+    st.0.metrics.know_tenant(&tenant);
+    let ready = Chunk::Ready(json!({
+        "tenant_id": tenant.as_str(),
+        "aggregate_type": ty,
+        "aggregate_id": id.map(|i| i.to_string()),
+        "after": match seen_in { Some((p, i)) => format!("{p}.{i}"), None => after.to_string() },
+    }));
+    let follow = Follow {
+        feed,
+        aggregate_id: id,
+        seen_in,
+        heartbeat: Duration::from_millis(st.0.config.stream_heartbeat_ms),
+        shutdown: Box::pin(st.shutdown_signal()),
+        pending: std::collections::VecDeque::from([ready]),
+        done: false,
+        _slot: slot,
+    };
+    let chunks = futures::stream::unfold(follow, |mut f| async move {
+        let c = f.next().await?;
+        Some((c, f))
+    });
+    if ndjson {
+        let lines = chunks.map(|c| {
+            let line = match c {
+                Chunk::Ready(v) => json!({ "ready": v }).to_string(),
+                Chunk::Event { id, event } => json!({ "id": id, "event": event }).to_string(),
+                Chunk::Heartbeat => String::new(),
+                Chunk::Error(v) => json!({ "error": v }).to_string(),
             };
-            std::future::ready(Some(sse))
+            Ok::<_, Infallible>(bytes::Bytes::from(line + "\n"))
         });
-    let stream = futures::stream::once(std::future::ready(ready))
-        .chain(body)
-        .map(Ok)
-        .take_until(st.shutdown_signal());
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+        return Ok((
+            [
+                (axum::http::header::CONTENT_TYPE, NDJSON),
+                (axum::http::header::CACHE_CONTROL, "no-cache"),
+            ],
+            Body::from_stream(lines),
+        )
+            .into_response());
+    }
+    let events = chunks.map(|c| {
+        Ok::<_, Infallible>(match c {
+            Chunk::Ready(v) => SseEvent::default().event("ready").data(v.to_string()),
+            Chunk::Event { id, event } => SseEvent::default()
+                .event("event")
+                .id(id)
+                .data(serde_json::to_string(&event).unwrap_or_default()),
+            Chunk::Heartbeat => SseEvent::default().comment("heartbeat"),
+            Chunk::Error(v) => SseEvent::default().event("error").data(v.to_string()),
+        })
+    });
+    Ok(([("x-accel-buffering", "no")], Sse::new(events)).into_response())
 }
 
 /// `GET /problems/{slug}`: what a problem type means.

@@ -52,6 +52,34 @@ pub struct Tenants {
     hosted: Vec<TenantId>,
     gates: Arc<Mutex<HashMap<TenantId, Arc<Gate>>>>,
     shutting_down: AtomicBool,
+    streams: Arc<Mutex<StreamCounts>>,
+}
+
+/// Event streams open now: per tenant (only tenants with at least one) and in all.
+#[derive(Default)]
+struct StreamCounts {
+    per_tenant: HashMap<TenantId, usize>,
+    total: usize,
+}
+
+/// An open event stream's place in the per-tenant and host-wide bounds; dropping it (the client
+/// went away, or the host shuts down) frees the place.
+pub struct StreamSlot {
+    tenant: TenantId,
+    streams: Arc<Mutex<StreamCounts>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = self.streams.lock();
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_tenant.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_tenant.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// A command in flight; dropping it lets drains and shutdown proceed.
@@ -92,7 +120,51 @@ impl Tenants {
             hosted,
             gates: Arc::default(),
             shutting_down: AtomicBool::new(false),
+            streams: Arc::default(),
         }
+    }
+
+    /// Take a place for an event stream of `tenant`: at most `per_tenant` of one tenant and
+    /// `total` of all tenants at once.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::TooManyStreams`] naming the bound that is reached.
+    pub fn open_stream(
+        &self,
+        tenant: &TenantId,
+        per_tenant: usize,
+        total: usize,
+    ) -> Result<StreamSlot, ApiError> {
+        let mut counts = self.streams.lock();
+        if counts.total >= total {
+            return Err(ApiError::TooManyStreams {
+                scope: "host",
+                limit: total,
+            });
+        }
+        let n = counts.per_tenant.get(tenant).copied().unwrap_or(0);
+        if n >= per_tenant {
+            return Err(ApiError::TooManyStreams {
+                scope: "tenant",
+                limit: per_tenant,
+            });
+        }
+        counts.per_tenant.insert(tenant.clone(), n + 1);
+        counts.total += 1;
+        Ok(StreamSlot {
+            tenant: tenant.clone(),
+            streams: self.streams.clone(),
+        })
+    }
+
+    /// Event streams open now: `(of tenant, in all)`.
+    pub fn open_streams(&self, tenant: &TenantId) -> (usize, usize) {
+        let counts = self.streams.lock();
+        (
+            counts.per_tenant.get(tenant).copied().unwrap_or(0),
+            counts.total,
+        )
     }
 
     /// Record that `tenant` has accepted work here (an accepted command, or data it read): it is

@@ -10,9 +10,18 @@
 //! | `heads`    | `tenant 0 type 0 id(16)`              | the aggregate's version (BE8)          |
 //! | `commands` | `tenant 0 command-id(16)`             | aggregate, versions before/after, position (JSON) |
 //! | `meta`     | `position`                            | the last commit position (BE8)         |
+//! | `feed`     | `tenant 0 position(BE8)`              | from(BE8) to(BE8) aggregate key        |
+//! | `positions`| `position(BE8)`                       | from(BE8) to(BE8) aggregate key        |
 //!
-//! A commit writes its events, the aggregate's head, its command record and the log position in
-//! one atomic fjall batch, so after a crash either all of a command is there or none of it.
+//! (`feed` only has commits with events; `positions` has every commit.)
+//!
+//! A commit writes its events, the aggregate's head, its command record, its feed entries (only
+//! when it has events) and the log position in one atomic fjall batch, so after a crash either
+//! all of a command is there or none of it. `feed` (one tenant's commits in position order) and
+//! `positions` (every tenant's) let [`EventLog::subscribe`] replay from a position: an entry names
+//! the aggregate and the versions the commit wrote, whose events are then read from `events`.
+//! A database written before these two keyspaces existed gets them filled from `commands` when
+//! it is first opened (`meta/feed` marks that done).
 //!
 //! # Group commit
 //!
@@ -60,10 +69,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, oneshot};
 
 use super::keys::{aggregate_key, command_key, decode_aggregate_key, event_key, tenant_prefix};
-use super::{Appended, Commit, EventLog, EventStream, Result, StoreError};
+use super::{Appended, Commit, EventLog, Feed, FeedFilter, FeedItem, Result, StoreError};
 use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, TenantId, Version};
 
 const POSITION_KEY: &[u8] = b"position";
+/// Present once `feed` and `positions` cover every commit (see the module docs).
+const FEED_MARKER_KEY: &[u8] = b"feed";
+/// Commits read from the log per step while a feed catches up.
+const FEED_READ_BATCH: usize = 256;
 
 /// Knobs of the embedded log. `Default` is what production uses.
 #[derive(Debug, Clone)]
@@ -103,7 +116,7 @@ pub struct EmbeddedLog {
     current: Arc<Current>,
     requests: mpsc::Sender<Request>,
     committer: parking_lot::Mutex<Option<JoinHandle<()>>>,
-    published: broadcast::Sender<Arc<[Event]>>,
+    published: broadcast::Sender<FeedItem>,
     path: PathBuf,
 }
 
@@ -142,6 +155,8 @@ struct Current {
     shared: parking_lot::RwLock<Option<Arc<Shared>>>,
     health: parking_lot::Mutex<super::LogHealth>,
     counters: Counters,
+    /// The last persisted commit position (set before the commit is published to subscribers).
+    position: AtomicU64,
 }
 
 impl Current {
@@ -164,6 +179,8 @@ struct Shared {
     heads: Keyspace,
     commands: Keyspace,
     meta: Keyspace,
+    feed: Keyspace,
+    positions: Keyspace,
 }
 
 enum Request {
@@ -220,11 +237,13 @@ impl EmbeddedLog {
     pub fn open_with(path: impl AsRef<Path>, config: EmbeddedConfig) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let shared = Arc::new(Shared::open(&path, &config)?);
+        shared.fill_feed()?;
         let position = shared.position()?;
         let current = Arc::new(Current {
             shared: parking_lot::RwLock::new(Some(shared)),
             health: parking_lot::Mutex::new(super::LogHealth::healthy()),
             counters: Counters::default(),
+            position: AtomicU64::new(position),
         });
         let (published, _) = broadcast::channel(config.subscriber_buffer.max(1));
         let (requests, rx) = mpsc::channel();
@@ -312,8 +331,106 @@ impl Shared {
             heads: ks("heads")?,
             commands: ks("commands")?,
             meta: ks("meta")?,
+            feed: ks("feed")?,
+            positions: ks("positions")?,
             db,
         })
+    }
+
+    /// Fill `feed` and `positions` from `commands` once, for a database written before they
+    /// existed (see the module docs).
+    fn fill_feed(&self) -> Result<()> {
+        if self.meta.get(FEED_MARKER_KEY).map_err(fjall_err)?.is_some() {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut wb = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut filled = 0u64;
+        for guard in self.commands.iter() {
+            let (key, raw) = guard.into_inner().map_err(fjall_err)?;
+            let rec: CommandRecord =
+                serde_json::from_slice(&raw).map_err(|e| StoreError::Corrupted {
+                    location: format!("command {}", hex::encode(&key)),
+                    reason: e.to_string(),
+                })?;
+            let akey = aggregate_key(&rec.aggregate);
+            let (fkey, pkey, value) = feed_entry(
+                &rec.aggregate.tenant,
+                &akey,
+                rec.position,
+                rec.from,
+                rec.version,
+            );
+            if rec.version.0 > rec.from.0 {
+                wb.insert(&self.feed, fkey, value.clone());
+            }
+            wb.insert(&self.positions, pkey, value);
+            filled += 1;
+        }
+        wb.insert(&self.meta, FEED_MARKER_KEY, b"1");
+        wb.commit().map_err(fjall_err)?;
+        if filled > 0 {
+            tracing::info!(
+                commits = filled,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "event log: filled the position feed from the command records"
+            );
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` commits passing `filter` with a position greater than `after`, in order.
+    fn read_feed(&self, filter: &FeedFilter, after: u64, limit: usize) -> Result<Vec<FeedItem>> {
+        let start = after.saturating_add(1);
+        let entries: Box<dyn Iterator<Item = fjall::Guard>> = match &filter.tenant {
+            Some(tenant) => {
+                let prefix = tenant_prefix(tenant);
+                let mut from = prefix.clone();
+                from.extend_from_slice(&start.to_be_bytes());
+                let mut to = prefix;
+                to.extend_from_slice(&u64::MAX.to_be_bytes());
+                Box::new(self.feed.range(from..=to))
+            }
+            None => Box::new(self.positions.range(start.to_be_bytes()..)),
+        };
+        let mut out = Vec::new();
+        for guard in entries {
+            let (key, value) = guard.into_inner().map_err(fjall_err)?;
+            let location = || format!("feed entry {}", hex::encode(&key));
+            let position = decode_u64(&location(), &key[key.len().saturating_sub(8)..])?;
+            if value.len() < 16 {
+                return Err(StoreError::Corrupted {
+                    location: location(),
+                    reason: format!("value of {} bytes", value.len()),
+                });
+            }
+            let from = decode_u64(&location(), &value[..8])?;
+            let to = decode_u64(&location(), &value[8..16])?;
+            let aggregate = decode_aggregate_key(&value[16..])?;
+            if !filter.admits(&aggregate, to.saturating_sub(from) as usize) {
+                continue;
+            }
+            let events = self.read_events(&aggregate, from, to)?;
+            if events.len() as u64 != to.saturating_sub(from) {
+                return Err(StoreError::Corrupted {
+                    location: location(),
+                    reason: format!(
+                        "commit at position {position} wrote versions {}..={to} of {aggregate}, found {} events",
+                        from + 1,
+                        events.len()
+                    ),
+                });
+            }
+            out.push(FeedItem {
+                position,
+                aggregate,
+                events: events.into(),
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn position(&self) -> Result<u64> {
@@ -407,7 +524,7 @@ struct Committer {
     position: u64,
     max_batch: usize,
     mode: PersistMode,
-    published: broadcast::Sender<Arc<[Event]>>,
+    published: broadcast::Sender<FeedItem>,
 }
 
 type Waiter = oneshot::Sender<Result<Appended>>;
@@ -538,6 +655,7 @@ impl Committer {
                 let failed_for = self.failed_since.map(|t| t.elapsed()).unwrap_or_default();
                 *self.current.shared.write() = Some(Arc::new(shared));
                 self.position = position;
+                self.current.position.store(position, Ordering::Release);
                 self.heads.clear();
                 self.failed_since = None;
                 self.current.set_health(super::LogHealth::healthy());
@@ -651,6 +769,17 @@ impl Committer {
             for (event, bytes) in commit.events.iter().zip(encoded) {
                 wb.insert(&shared.events, event_key(&akey, event.version.0), bytes);
             }
+            let (fkey, pkey, value) = feed_entry(
+                &commit.aggregate.tenant,
+                &akey,
+                self.position,
+                commit.expected,
+                version,
+            );
+            if !commit.events.is_empty() {
+                wb.insert(&shared.feed, fkey, value.clone());
+            }
+            wb.insert(&shared.positions, pkey, value);
             wb.insert(&shared.heads, akey.clone(), version.0.to_be_bytes());
             wb.insert(&shared.commands, ckey.clone(), record);
             overlay.insert(akey, version.0);
@@ -700,6 +829,9 @@ impl Committer {
             for (akey, v) in overlay {
                 self.remember_head(akey, v);
             }
+            self.current
+                .position
+                .store(self.position, Ordering::Release);
         }
 
         // Results of written commits that a later commit of the same batch duplicated (outcome
@@ -725,8 +857,12 @@ impl Committer {
             let answer = match (outcome, &persisted) {
                 (Outcome::Done(r), _) => r,
                 (Outcome::Written(a), Ok(())) => {
-                    if subscribers && !a.events.is_empty() {
-                        let _ = self.published.send(Arc::from(a.events.clone()));
+                    if subscribers {
+                        let _ = self.published.send(FeedItem {
+                            position: a.position,
+                            aggregate: a.aggregate.clone(),
+                            events: Arc::from(a.events.clone()),
+                        });
                     }
                     Ok(a)
                 }
@@ -744,6 +880,78 @@ impl Committer {
                 }
             };
             let _ = waiter.send(answer);
+        }
+    }
+}
+
+/// The `feed` key, the `positions` key and their shared value for a commit at `position` that
+/// wrote versions `from+1 ..= to` of the aggregate with key `akey`.
+fn feed_entry(
+    tenant: &TenantId,
+    akey: &[u8],
+    position: u64,
+    from: Version,
+    to: Version,
+) -> (Vec<u8>, [u8; 8], Vec<u8>) {
+    let mut fkey = tenant_prefix(tenant);
+    fkey.extend_from_slice(&position.to_be_bytes());
+    let mut value = Vec::with_capacity(16 + akey.len());
+    value.extend_from_slice(&from.0.to_be_bytes());
+    value.extend_from_slice(&to.0.to_be_bytes());
+    value.extend_from_slice(akey);
+    (fkey, position.to_be_bytes(), value)
+}
+
+/// A subscription's progress: commits up to `last` were delivered (or skipped by the filter).
+struct FeedState {
+    rx: broadcast::Receiver<FeedItem>,
+    current: Arc<Current>,
+    filter: FeedFilter,
+    last: u64,
+    /// Reading stored commits (from the start, or after falling behind the broadcast).
+    catching_up: bool,
+    backlog: std::collections::VecDeque<FeedItem>,
+}
+
+impl FeedState {
+    async fn next(&mut self) -> Option<Result<FeedItem>> {
+        loop {
+            if let Some(item) = self.backlog.pop_front() {
+                self.last = item.position;
+                return Some(Ok(item));
+            }
+            if self.catching_up {
+                let shared = match self.current.get() {
+                    Ok(s) => s,
+                    Err(e) => return Some(Err(e)),
+                };
+                let (filter, after) = (self.filter.clone(), self.last);
+                let read = tokio::task::spawn_blocking(move || {
+                    shared.read_feed(&filter, after, FEED_READ_BATCH)
+                })
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("feed read task failed: {e}")));
+                match read.and_then(|r| r) {
+                    Ok(items) if items.is_empty() => self.catching_up = false,
+                    Ok(items) => self.backlog.extend(items),
+                    Err(e) => return Some(Err(e)),
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(item) => {
+                    if item.position <= self.last {
+                        continue; // already read from the log
+                    }
+                    if self.filter.admits(&item.aggregate, item.events.len()) {
+                        self.last = item.position;
+                        return Some(Ok(item));
+                    }
+                }
+                // Fell behind: the skipped commits are in the log; read them from there.
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
         }
     }
 }
@@ -823,48 +1031,35 @@ impl EventLog for EmbeddedLog {
         .await
     }
 
-    async fn subscribe(
-        &self,
-        tenant: &TenantId,
-        aggregate_type: Option<&AggregateType>,
-    ) -> Result<EventStream> {
+    async fn subscribe(&self, filter: FeedFilter, after: Option<u64>) -> Result<Feed> {
+        // Subscribe before reading the log: a commit persisted after the read is then in `rx`,
+        // one persisted before it is in the read (it becomes visible before it is published).
         let rx = self.published.subscribe();
-        let tenant = tenant.clone();
-        let aggregate_type = aggregate_type.cloned();
-        let stream = futures::stream::unfold(rx, move |mut rx| {
-            let tenant = tenant.clone();
-            let aggregate_type = aggregate_type.clone();
-            async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(events) => {
-                            let Some(first) = events.first() else {
-                                continue;
-                            };
-                            let a = &first.aggregate;
-                            if a.tenant == tenant
-                                && aggregate_type
-                                    .as_ref()
-                                    .is_none_or(|t| *t == a.aggregate_type)
-                            {
-                                let items: Vec<Result<Event>> =
-                                    events.iter().cloned().map(Ok).collect();
-                                return Some((items, rx));
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            let err = StoreError::Unavailable(format!(
-                                "subscriber lagged behind; {n} commits were skipped"
-                            ));
-                            return Some((vec![Err(err)], rx));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
+        let last = match after {
+            Some(p) => p,
+            None => self.current.position.load(Ordering::Acquire),
+        };
+        let state = FeedState {
+            rx,
+            current: self.current.clone(),
+            filter,
+            last,
+            catching_up: after.is_some(),
+            backlog: std::collections::VecDeque::new(),
+        };
+        Ok(futures::stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
+            match state.next().await {
+                Some(Ok(item)) => Some((Ok(item), Some(state))),
+                Some(Err(e)) => Some((Err(e), None)),
+                None => None,
             }
         })
-        .flat_map(futures::stream::iter);
-        Ok(stream.boxed())
+        .boxed())
+    }
+
+    async fn position(&self) -> Result<u64> {
+        Ok(self.current.position.load(Ordering::Acquire))
     }
 
     async fn flush(&self) -> Result<()> {

@@ -109,7 +109,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use super::breaker::{Breaker, BreakerConfig, BreakerState};
-use super::{Appended, Commit, EventLog, EventStream, LogHealth, Result, StoreError};
+use super::{
+    Appended, Commit, EventLog, Feed, FeedFilter, FeedItem, LogHealth, Result, StoreError,
+};
 use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, TenantId, Version};
 
 /// The subject/KV token standing for the single-tenant (empty) tenant id.
@@ -1010,22 +1012,31 @@ impl Core {
         Ok(out)
     }
 
-    async fn subscribe(
-        &self,
-        tenant: &TenantId,
-        aggregate_type: Option<&AggregateType>,
-    ) -> Result<EventStream> {
-        let filter = format!(
-            "tenant.{}.aggregate.{}.*",
-            tenant_token(tenant),
-            aggregate_type.map_or("*", |t| t.as_str())
-        );
+    async fn subscribe(&self, filter: FeedFilter, after: Option<u64>) -> Result<Feed> {
+        let subject = match &filter.tenant {
+            Some(t) => format!(
+                "tenant.{}.aggregate.{}.*",
+                tenant_token(t),
+                filter.aggregate_type.as_ref().map_or("*", |t| t.as_str())
+            ),
+            None => format!(
+                "tenant.*.aggregate.{}.*",
+                filter.aggregate_type.as_ref().map_or("*", |t| t.as_str())
+            ),
+        };
+        // An ordered consumer delivers in stream order and recreates itself after a gap, so the
+        // stored commits and the new ones come through one subscription without a seam.
         let consumer = self
             .stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
-                filter_subject: filter,
-                deliver_policy: DeliverPolicy::New,
+                filter_subject: subject,
+                deliver_policy: match after {
+                    Some(p) => DeliverPolicy::ByStartSequence {
+                        start_sequence: p.saturating_add(1),
+                    },
+                    None => DeliverPolicy::New,
+                },
                 ..Default::default()
             })
             .await
@@ -1034,30 +1045,46 @@ impl Core {
             .messages()
             .await
             .map_err(unavailable!("subscription"))?;
+        let every_commit = filter.tenant.is_none();
         let stream = messages
-            .map(|message| -> Vec<Result<Event>> {
-                let decoded = message
-                    .map_err(unavailable!("subscription"))
-                    .and_then(|message| {
-                        let seq = message
-                            .info()
-                            .map_err(unavailable!("message info"))?
-                            .stream_sequence;
-                        Stored::new(
-                            message.subject.as_str(),
-                            seq,
-                            message.headers.as_ref(),
-                            message.payload.clone(),
-                        )?
-                        .events()
-                    });
-                match decoded {
-                    Ok(events) => events.into_iter().map(Ok).collect(),
-                    Err(e) => vec![Err(e)],
-                }
+            .map(move |message| -> Result<Option<FeedItem>> {
+                let message = message.map_err(unavailable!("subscription"))?;
+                let position = message
+                    .info()
+                    .map_err(unavailable!("message info"))?
+                    .stream_sequence;
+                let stored = Stored::new(
+                    message.subject.as_str(),
+                    position,
+                    message.headers.as_ref(),
+                    message.payload.clone(),
+                )?;
+                let events = stored.events()?;
+                Ok((every_commit || !events.is_empty()).then(|| FeedItem {
+                    position,
+                    aggregate: stored.aggregate,
+                    events: events.into(),
+                }))
             })
-            .flat_map(futures::stream::iter);
+            .filter_map(|item| std::future::ready(item.transpose()))
+            // The first error ends the feed: the caller subscribes again after its last position.
+            .scan(false, |failed, item| {
+                if *failed {
+                    return std::future::ready(None);
+                }
+                *failed = item.is_err();
+                std::future::ready(Some(item))
+            });
         Ok(stream.boxed())
+    }
+
+    async fn position(&self) -> Result<u64> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(unavailable!("stream info"))?;
+        Ok(info.state.last_sequence)
     }
 }
 
@@ -1540,14 +1567,15 @@ impl EventLog for JetStreamLog {
             .await
     }
 
-    async fn subscribe(
-        &self,
-        tenant: &TenantId,
-        aggregate_type: Option<&AggregateType>,
-    ) -> Result<EventStream> {
+    async fn subscribe(&self, filter: FeedFilter, after: Option<u64>) -> Result<Feed> {
         let core = self.core()?;
-        self.guarded("subscribe", core.subscribe(tenant, aggregate_type))
+        self.guarded("subscribe", core.subscribe(filter, after))
             .await
+    }
+
+    async fn position(&self) -> Result<u64> {
+        let core = self.core()?;
+        self.guarded("log position", core.position()).await
     }
 
     async fn flush(&self) -> Result<()> {

@@ -8,6 +8,8 @@
 //! Every key and subject is built from validated newtypes ([`TenantId`], [`AggregateType`],
 //! [`AggregateId`]), tenant first, so one tenant's range can never overlap another's.
 
+use std::sync::Arc;
+
 use futures::stream::BoxStream;
 
 use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, TenantId, Version};
@@ -167,8 +169,57 @@ impl LogHealth {
     }
 }
 
-/// A stream of a tenant's new events, in append order per aggregate.
-pub type EventStream = BoxStream<'static, Result<Event>>;
+/// One commit as a feed carries it: its log position, its aggregate and its events. A commit
+/// with no events (a command recorded for idempotency only) is carried only by feeds of every
+/// tenant ([`FeedFilter::all`]), so that a reader of the whole log can count it as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedItem {
+    /// The commit's log position (embedded: the global commit sequence; JetStream: the stream
+    /// sequence). Positions only grow; a feed carries them in ascending order.
+    pub position: u64,
+    /// The aggregate the commit wrote to.
+    pub aggregate: AggregateRef,
+    /// The commit's events, in version order.
+    pub events: Arc<[Event]>,
+}
+
+/// A feed of commits in position order, see [`EventLog::subscribe`].
+pub type Feed = BoxStream<'static, Result<FeedItem>>;
+
+/// Which commits a feed carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedFilter {
+    /// Only this tenant's commits (`None`: every tenant's — the host's own readers only, e.g. the
+    /// state index; never a client).
+    pub tenant: Option<TenantId>,
+    /// Only commits of this aggregate type.
+    pub aggregate_type: Option<AggregateType>,
+}
+
+impl FeedFilter {
+    /// One tenant's commits, optionally of one aggregate type.
+    pub fn tenant(tenant: &TenantId, aggregate_type: Option<&AggregateType>) -> Self {
+        Self {
+            tenant: Some(tenant.clone()),
+            aggregate_type: aggregate_type.cloned(),
+        }
+    }
+
+    /// Every commit of every tenant.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Whether a commit of `aggregate` with `events` events passes.
+    pub fn admits(&self, aggregate: &AggregateRef, events: usize) -> bool {
+        (events > 0 || self.tenant.is_none())
+            && self.tenant.as_ref().is_none_or(|t| *t == aggregate.tenant)
+            && self
+                .aggregate_type
+                .as_ref()
+                .is_none_or(|t| *t == aggregate.aggregate_type)
+    }
+}
 
 /// The event log. Both implementations pass the same conformance suite (`tests/` of the host).
 #[async_trait::async_trait]
@@ -211,12 +262,25 @@ pub trait EventLog: Send + Sync + 'static {
     async fn list_aggregates(&self, tenant: &TenantId)
         -> Result<Vec<(AggregateType, AggregateId)>>;
 
-    /// Events appended for `tenant` from now on (optionally only one aggregate type).
-    async fn subscribe(
-        &self,
-        tenant: &TenantId,
-        aggregate_type: Option<&AggregateType>,
-    ) -> Result<EventStream>;
+    /// The commits that pass `filter`, in position order: with `after: Some(p)` every commit with
+    /// a position greater than `p` (those already in the log first, then new ones as they are
+    /// appended), with `None` only commits appended from now on. No commit is skipped or repeated,
+    /// also across the switch from stored to new commits; a subscriber that falls behind is
+    /// caught up from the log rather than failed. The feed ends with an error item when the log
+    /// fails; a new subscription after the last position seen continues exactly there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the log cannot be reached.
+    async fn subscribe(&self, filter: FeedFilter, after: Option<u64>) -> Result<Feed>;
+
+    /// The position of the last commit in the log (0 when empty): a reader that has seen every
+    /// commit up to it has seen everything acknowledged before this call.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the log cannot be reached.
+    async fn position(&self) -> Result<u64>;
 
     /// Make everything acknowledged so far durable and stop accepting appends (graceful shutdown).
     async fn flush(&self) -> Result<()>;
