@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::{Config, NatsConnect};
+use crate::query::index::StateIndex;
 use crate::registry::Registry;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::service::{CommandService, ServiceConfig};
@@ -30,6 +31,11 @@ pub struct Host {
     pub breaker: Option<Arc<Breaker>>,
     /// The cluster control plane (cluster mode only).
     pub cluster: Option<Arc<Cluster>>,
+    /// The state index filtered queries read (absent with `state_index: false`); its follower
+    /// task runs until the host is dropped.
+    pub index: Option<Arc<StateIndex>>,
+    /// Dropping it stops the index follower.
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 impl Host {
@@ -161,6 +167,30 @@ impl Host {
             let cluster = cluster.clone();
             service.set_fence(Arc::new(move |tenant| cluster.may_write(tenant)));
         }
+        let (stop, mut stopped) = tokio::sync::watch::channel(());
+        let index = if config.state_index {
+            let path = dir.join("index");
+            let index = Arc::new(
+                tokio::task::spawn_blocking({
+                    let path = path.clone();
+                    move || StateIndex::open(&path)
+                })
+                .await?
+                .with_context(|| format!("state index at {}", path.display()))?,
+            );
+            let handover = index.clone();
+            service.set_commit_listener(Arc::new(move |aggregate, version, state, component| {
+                handover.handover(aggregate, version, state, component)
+            }));
+            let until_dropped = async move {
+                // Resolves when the host (the sender) is dropped.
+                while stopped.changed().await.is_ok() {}
+            };
+            tokio::spawn(index.clone().run(service.clone(), until_dropped));
+            Some(index)
+        } else {
+            None
+        };
         Ok(Self {
             config,
             runtime,
@@ -168,6 +198,8 @@ impl Host {
             service,
             breaker,
             cluster,
+            index,
+            _stop: stop,
         })
     }
 }

@@ -236,6 +236,54 @@ impl Client {
             .await
     }
 
+    /// An aggregate's state as it was after event `version`, or at time `at` (RFC 3339).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`] (a 404 `unknown-version` when it had no such version).
+    pub async fn state_at(
+        &self,
+        ty: &str,
+        id: &str,
+        version: Option<u64>,
+        at: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut r = self.gw(reqwest::Method::GET, &format!("/aggregates/{ty}/{id}"));
+        if let Some(v) = version {
+            r = r.query(&[("version", v.to_string())]);
+        }
+        if let Some(at) = at {
+            r = r.query(&[("at", at)]);
+        }
+        self.execute(r).await
+    }
+
+    /// One page of the tenant's aggregates of type `ty` whose state matches the CEL `filter`
+    /// (all when `None`), after `page_token`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`] (a 400 `invalid-filter` naming the problem).
+    pub async fn query(
+        &self,
+        ty: &str,
+        filter: Option<&str>,
+        limit: Option<usize>,
+        page_token: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut r = self.gw(reqwest::Method::GET, &format!("/aggregates/{ty}"));
+        if let Some(f) = filter {
+            r = r.query(&[("filter", f)]);
+        }
+        if let Some(l) = limit {
+            r = r.query(&[("limit", l.to_string())]);
+        }
+        if let Some(t) = page_token {
+            r = r.query(&[("page_token", t)]);
+        }
+        self.execute(r).await
+    }
+
     /// An aggregate's events after a version.
     ///
     /// # Errors

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod guest;
+pub mod query;
 pub mod registry;
 pub mod runtime;
 pub mod service;

@@ -18,6 +18,7 @@ mod faults;
 mod hot_deploy;
 mod metrics;
 mod nats_outage;
+mod read_side;
 mod scaffold;
 mod shutdown;
 mod story;

@@ -55,6 +55,7 @@ pub(super) fn routes() -> (Routes, Routes) {
         .add(Method::GET, "/admin/placement", placement)
         .add(Method::PUT, "/admin/placement/pins/{tenant_id}", pin)
         .add(Method::DELETE, "/admin/placement/pins/{tenant_id}", unpin)
+        .add(Method::GET, "/admin/index", index)
         .add(Method::GET, "/metrics", metrics);
     let open = Routes::new()
         .add(Method::GET, "/health", health)
@@ -645,9 +646,35 @@ async fn reload(State(st): State<AppState>) -> Result<Response, ApiError> {
     .into_response())
 }
 
+/// `GET /admin/index`: the state index — the log position it applied, the log's position, and
+/// the rebuilds of types whose component changed under snapshot policy `rebuild`.
+async fn index(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let Some(index) = &st.0.index else {
+        return Ok(AxumJson(json!({ "enabled": false })).into_response());
+    };
+    let status = index.status();
+    let log_position = st.0.service.log().position().await.ok();
+    Ok(AxumJson(json!({
+        "enabled": true,
+        "position": status.position,
+        "log_position": log_position,
+        "rebuilds": status.rebuilds,
+    }))
+    .into_response())
+}
+
 /// `GET /metrics` (Prometheus text format).
 async fn metrics(State(st): State<AppState>) -> Response {
     st.0.metrics.sync_runtime(&st.0.runtime.stats());
+    st.0.metrics.sync_process(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        st.0.tenants
+            .open_streams(&crate::types::TenantId::single())
+            .1,
+        st.0.index.as_ref().map(|i| i.position()),
+    );
     let ct = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
     ([(header::CONTENT_TYPE, ct)], st.0.metrics.render()).into_response()
 }

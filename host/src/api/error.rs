@@ -110,8 +110,8 @@ problem_types! {
         "The aggregate never had the version asked for (`?version=N` above its current version, or 0), or had no events yet at the `?at=` time.";
     TooManyStreams = "too-many-streams", 429, "Too many event streams",
         "The tenant (or the host) has as many event streams open as it may (`scope`: tenant or host; `limit`); close one first.";
-    IndexBehind = "index-behind", 503, "State index behind",
-        "The state index did not reach the log position the query must reflect within `query_wait_ms` (it is catching up or being rebuilt); retry.";
+    QueryUnavailable = "query-unavailable", 503, "Query unavailable",
+        "A state query could not run now: the state index did not reach the log position the query must reflect within `query_wait_ms` (it is catching up), or the host already evaluates as many queries as it may; retry.";
 }
 
 impl ProblemType {
@@ -195,9 +195,6 @@ pub enum ApiError {
     /// A state query's filter is unusable.
     #[error("filter: {0}")]
     InvalidFilter(crate::query::filter::FilterError),
-    /// The aggregate never had the version (or had no events at the time) asked for.
-    #[error("{0}")]
-    UnknownVersion(String),
     /// An event stream bound is reached (`scope`: `tenant` or `host`).
     #[error("too many event streams open for this {scope}: the limit is {limit}")]
     TooManyStreams {
@@ -206,9 +203,9 @@ pub enum ApiError {
         /// The bound.
         limit: usize,
     },
-    /// The state index did not reach the position a query must reflect in time.
+    /// A state query could not run now (the index is behind, or too many queries run).
     #[error("{0}")]
-    IndexBehind(String),
+    QueryUnavailable(String),
     /// Anything unexpected.
     #[error("internal error: {0}")]
     Internal(String),
@@ -295,6 +292,7 @@ impl ApiError {
                         .with("aggregate_type", a.aggregate_type.as_str())
                         .with("aggregate_id", a.aggregate_id.to_string())
                 }
+                ServiceError::UnknownVersion(m) => Problem::new(P::UnknownVersion, m.clone()),
                 ServiceError::Rejected(m) => Problem::new(P::CommandRejected, m.clone()),
                 ServiceError::InvalidCommand(m) => Problem::new(P::InvalidCommand, m.clone()),
                 ServiceError::VersionMismatch {
@@ -431,13 +429,12 @@ impl ApiError {
                     None => p,
                 }
             }
-            ApiError::UnknownVersion(_) => Problem::new(P::UnknownVersion, self.to_string()),
             ApiError::TooManyStreams { scope, limit } => {
                 Problem::new(P::TooManyStreams, self.to_string())
                     .with("scope", *scope)
                     .with("limit", *limit)
             }
-            ApiError::IndexBehind(_) => Problem::new(P::IndexBehind, self.to_string()),
+            ApiError::QueryUnavailable(_) => Problem::new(P::QueryUnavailable, self.to_string()),
             ApiError::Internal(_) => Problem::new(P::Internal, opaque),
         }
     }
@@ -464,7 +461,7 @@ impl IntoResponse for ApiError {
                 );
             }
             ProblemType::Unavailable
-            | ProblemType::IndexBehind
+            | ProblemType::QueryUnavailable
             | ProblemType::TooManyStreams
             | ProblemType::TenantDraining
             | ProblemType::ShuttingDown

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, AppState, ProblemType, Routes};
-use crate::service::{ServiceError, ServiceObserver, Submit};
+use crate::service::{PastPoint, ServiceError, ServiceObserver, Submit};
 use crate::store::FeedFilter;
 use crate::telemetry::CommandOutcomeLabel;
 use crate::types::{
@@ -40,6 +40,7 @@ pub(super) fn routes() -> Routes {
             "/aggregates/{aggregate_type}/{aggregate_id}/commands/{command_type}",
             submit,
         )
+        .add(Method::GET, "/aggregates/{aggregate_type}", query)
         .add(
             Method::GET,
             "/aggregates/{aggregate_type}/{aggregate_id}",
@@ -127,6 +128,8 @@ struct CommandResponse<'a> {
     component: Option<ComponentHash>,
     duplicate: bool,
     attempts: u32,
+    /// The commit's log position (for `min_position` of a state query).
+    position: u64,
     events: &'a [Event],
 }
 
@@ -299,20 +302,172 @@ async fn run_command(
         component: outcome.component,
         duplicate: outcome.duplicate,
         attempts: outcome.attempts,
+        position: outcome.position,
         events: &outcome.events,
     };
     Ok(AxumJson(body).into_response())
 }
 
-/// `GET /aggregates/{aggregate_type}/{aggregate_id}`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterQuery {
+    filter: Option<String>,
+    limit: Option<usize>,
+    page_token: Option<String>,
+    min_position: Option<u64>,
+}
+
+const DEFAULT_QUERY_PAGE: usize = 100;
+const MAX_QUERY_PAGE: usize = 1000;
+/// Longest one page of a query scans before it answers with what it found and a token.
+const QUERY_SCAN_BUDGET: Duration = Duration::from_secs(2);
+
+/// `GET /aggregates/{aggregate_type}?filter=&limit=&page_token=&min_position=`: the tenant's
+/// aggregates of the type whose current state matches the CEL `filter`, in aggregate id order,
+/// a page at a time. Reads the state index once it has applied `min_position` and the log's
+/// position when the query arrived (see [`crate::query::index`]).
+async fn query(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<FilterQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use crate::query::filter::{on_filter_thread, Filter};
+    use crate::query::index::{IndexError, Query as IndexQuery};
+    let Path(ty) = path.map_err(path_error)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    let tenant = st.0.tenants.resolve(&headers)?;
+    let ty = AggregateType::new(ty)?;
+    st.0.registry.resolve(&ty).map_err(ServiceError::from)?;
+    let Some(index) = st.0.index.clone() else {
+        return Err(ApiError::NoRoute(format!(
+            "GET /aggregates/{ty}: the state index is off on this host (state_index: false)"
+        )));
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_QUERY_PAGE);
+    if limit == 0 || limit > MAX_QUERY_PAGE {
+        return Err(ApiError::BadRequest(format!(
+            "query: limit must be 1 to {MAX_QUERY_PAGE}, got {limit}"
+        )));
+    }
+    let wait = Duration::from_millis(st.0.config.query_wait_ms);
+    let _permit = tokio::time::timeout(wait, st.0.queries.clone().acquire_owned())
+        .await
+        .map_err(|_| {
+            ApiError::QueryUnavailable(format!(
+                "the host evaluates as many queries as it may at once; none finished within {} ms",
+                wait.as_millis()
+            ))
+        })?
+        .map_err(|_| ApiError::ShuttingDown)?;
+    let filter = match q.filter.filter(|f| !f.trim().is_empty()) {
+        Some(source) => Some(
+            on_filter_thread(move || Filter::compile(&source))
+                .await
+                .and_then(|r| r)
+                .map_err(ApiError::InvalidFilter)?,
+        ),
+        None => None,
+    };
+    // Reflect every command acknowledged before the query arrived (any host), and the
+    // position the client names.
+    let head =
+        st.0.service
+            .log()
+            .position()
+            .await
+            .map_err(ServiceError::from)?;
+    let wanted = head.max(q.min_position.unwrap_or(0));
+    let index_error = |e: IndexError| match e {
+        IndexError::Behind { .. } => ApiError::QueryUnavailable(e.to_string()),
+        IndexError::Filter(f) => ApiError::InvalidFilter(f),
+        IndexError::BadPageToken(_) => ApiError::BadRequest(e.to_string()),
+        IndexError::Storage(_) => ApiError::Internal(e.to_string()),
+    };
+    index.wait_for(wanted, wait).await.map_err(index_error)?;
+    let request = IndexQuery {
+        tenant: tenant.clone(),
+        aggregate_type: ty.clone(),
+        filter,
+        limit,
+        page_token: q.page_token,
+        budget: QUERY_SCAN_BUDGET,
+    };
+    let page = on_filter_thread(move || index.query_page(&request))
+        .await
+        .map_err(ApiError::InvalidFilter)?
+        .map_err(index_error)?;
+    if !page.items.is_empty() {
+        st.tenant_accepted(&tenant);
+    }
+    Ok(AxumJson(json!({
+        "aggregate_type": ty,
+        "items": page.items,
+        "next_page_token": page.next_page_token,
+        "position": page.position,
+        "scanned": page.scanned,
+        "errors": page.errors,
+        "first_error": page.first_error,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateQuery {
+    version: Option<u64>,
+    at: Option<String>,
+}
+
+/// `GET /aggregates/{aggregate_type}/{aggregate_id}?version=&at=`: the current state, or the
+/// state as it was after event `version`, or at time `at` (RFC 3339) — folded with the component
+/// active now, named in `component`.
 async fn state(
     State(st): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
+    query: Result<Query<StateQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((ty, id)) = path.map_err(path_error)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
     let tenant = st.0.tenants.resolve(&headers)?;
     let target = aggregate(&tenant, &ty, &id)?;
+    let point = match (q.version, q.at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "query: give `version` or `at`, not both".into(),
+            ))
+        }
+        (Some(v), None) => Some(PastPoint::Version(Version(v))),
+        (None, Some(at)) => Some(PastPoint::At(
+            chrono::DateTime::parse_from_rfc3339(at.trim())
+                .map_err(|e| {
+                    ApiError::BadRequest(format!(
+                        "query: at: {at:?} is not an RFC 3339 time like 2026-01-31T12:00:00Z ({e})"
+                    ))
+                })?
+                .with_timezone(&chrono::Utc),
+        )),
+        (None, None) => None,
+    };
+    if let Some(point) = point {
+        let past =
+            st.0.service
+                .state_at(&tenant, &target, point)
+                .await
+                .inspect_err(|e| record_limit_breach(&st, &target, e))?;
+        st.tenant_accepted(&tenant);
+        return Ok(AxumJson(json!({
+            "aggregate_type": target.aggregate_type,
+            "aggregate_id": target.aggregate_id,
+            "version": past.version,
+            "state": past.state,
+            "component": past.component,
+            "recorded_at": past.recorded_at,
+            "current_version": past.current_version,
+        }))
+        .into_response());
+    }
     let s =
         st.0.service
             .state(&tenant, &target)
@@ -415,7 +570,7 @@ impl Cursor {
 /// One piece of an event stream, rendered as SSE or NDJSON.
 enum Chunk {
     Ready(serde_json::Value),
-    Event { id: String, event: Event },
+    Event { id: String, event: Box<Event> },
     Heartbeat,
     Error(serde_json::Value),
 }
@@ -466,7 +621,7 @@ impl Follow {
                         }
                         self.pending.push_back(Chunk::Event {
                             id: format!("{}.{index}", commit.position),
-                            event: event.clone(),
+                            event: Box::new(event.clone()),
                         });
                     }
                 }

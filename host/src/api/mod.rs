@@ -48,6 +48,9 @@ use crate::runtime::Runtime;
 use crate::service::CommandService;
 use crate::telemetry::Metrics;
 
+/// Filtered queries evaluated at once on one host (each on its own thread); more wait.
+const MAX_CONCURRENT_QUERIES: usize = 8;
+
 /// The OpenAPI document of both APIs (YAML source).
 pub const OPENAPI_YAML: &str = include_str!("openapi.yaml");
 
@@ -61,6 +64,9 @@ struct Shared {
     registry: Arc<Registry>,
     runtime: Arc<Runtime>,
     cluster: Option<Arc<crate::cluster::Cluster>>,
+    index: Option<Arc<crate::query::index::StateIndex>>,
+    /// Filtered queries running now (each on its own filter thread).
+    queries: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     tenants: Tenants,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -93,6 +99,8 @@ impl AppState {
             registry: host.registry.clone(),
             runtime: host.runtime.clone(),
             cluster: host.cluster.clone(),
+            index: host.index.clone(),
+            queries: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES)),
             metrics,
             shutdown: tokio::sync::watch::channel(false).0,
             listeners_closed: tokio::sync::watch::channel(false).0,

@@ -23,6 +23,11 @@ use crate::types::{
 /// A check made right before each append (see [`CommandService::set_fence`]).
 pub type Fence = Arc<dyn Fn(&TenantId) -> Result<(), String> + Send + Sync>;
 
+/// Told of every command this host committed with events, with the state it left: the
+/// aggregate, its new version, the state and the component that built it (see
+/// [`CommandService::set_commit_listener`]). Called on the command's path: keep it cheap.
+pub type CommitListener = Arc<dyn Fn(&AggregateRef, Version, &Json, ComponentHash) + Send + Sync>;
+
 /// Errors of the command service. Each documents the HTTP status the API maps it to.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -43,6 +48,10 @@ pub enum ServiceError {
     /// The aggregate has no events (404, for reads).
     #[error("aggregate {0} does not exist")]
     UnknownAggregate(AggregateRef),
+    /// A read of a past state named a version the aggregate never had, or a time before its
+    /// first event (404).
+    #[error("{0}")]
+    UnknownVersion(String),
     /// A business rule refused the command (422).
     #[error("command rejected: {0}")]
     Rejected(String),
@@ -169,6 +178,9 @@ pub struct CommandOutcome {
     pub duplicate: bool,
     /// How many times `decide` ran (1 unless conflicts forced retries; 0 for a duplicate).
     pub attempts: u32,
+    /// The log position of the command's commit: a state query with `min_position` at least
+    /// this reflects the command.
+    pub position: u64,
 }
 
 /// An aggregate's current state.
@@ -182,6 +194,31 @@ pub struct AggregateState {
     /// else the one that built the snapshot or cached state it came from (snapshot policy
     /// `trust` across a deploy).
     pub component: ComponentHash,
+}
+
+/// A point in an aggregate's past (see [`CommandService::state_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PastPoint {
+    /// Right after the event with this version.
+    Version(Version),
+    /// As it was at this time: after the last event recorded at or before it.
+    At(chrono::DateTime<chrono::Utc>),
+}
+
+/// An aggregate's state at a past point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PastState {
+    /// The version the state is at.
+    pub version: Version,
+    /// The state, folded from `init` and the events up to `version`.
+    pub state: Json,
+    /// The component that folded it: the one active now (not necessarily the one that was
+    /// active then).
+    pub component: ComponentHash,
+    /// When the last folded event was recorded.
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    /// The aggregate's current version.
+    pub current_version: Version,
 }
 
 /// What the service reports as it works, for metrics. Every method has an empty default; the
@@ -240,6 +277,7 @@ pub struct CommandService {
     config: ServiceConfig,
     observer: std::sync::OnceLock<Arc<dyn ServiceObserver>>,
     fence: std::sync::OnceLock<Fence>,
+    commit_listener: std::sync::OnceLock<CommitListener>,
 }
 
 impl CommandService {
@@ -266,6 +304,7 @@ impl CommandService {
             },
             observer: std::sync::OnceLock::new(),
             fence: std::sync::OnceLock::new(),
+            commit_listener: std::sync::OnceLock::new(),
         }
     }
 
@@ -275,6 +314,49 @@ impl CommandService {
     /// effect.
     pub fn set_fence(&self, fence: Fence) {
         let _ = self.fence.set(fence);
+    }
+
+    /// Tell `listener` of every command committed with events from now on (the state index
+    /// takes the new state from here instead of folding the events again). Only the first call
+    /// has an effect.
+    pub fn set_commit_listener(&self, listener: CommitListener) {
+        let _ = self.commit_listener.set(listener);
+    }
+
+    /// Fold `events` (in version order, all of `aggregate`) into `base`, or into `init` when
+    /// `base` is `None`, with the component active now for the aggregate's type. Nothing is
+    /// cached. Returns the state and the component that folded it.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::UnknownAggregateType`] when the type is not deployed; guest errors.
+    pub async fn fold_events(
+        &self,
+        aggregate: &AggregateRef,
+        base: Option<Json>,
+        events: Vec<Event>,
+    ) -> Result<(Json, ComponentHash)> {
+        let active = self.registry.resolve(&aggregate.aggregate_type)?;
+        let runtime = self.runtime.clone();
+        let instance = self.instance_key(aggregate, &active);
+        let limits = active.limits.clone();
+        let isolation = active.isolation;
+        let state = tokio::task::spawn_blocking(move || {
+            runtime.with_instance(&instance, &limits, isolation, |g| {
+                let base = match base {
+                    Some(b) => b,
+                    None => g.init()?,
+                };
+                if events.is_empty() {
+                    Ok(base)
+                } else {
+                    g.apply(&base, events.iter().map(Event::data))
+                }
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("fold task: {e}")))??;
+        Ok((state, active.component))
     }
 
     /// Report to `observer` from now on (metrics). Only the first call has an effect.
@@ -446,6 +528,11 @@ impl CommandService {
                 }
                 Ok(appended) => {
                     let version = appended.version;
+                    if let Some(listen) = self.commit_listener.get() {
+                        if !appended.events.is_empty() {
+                            listen(&command.target, version, &next_state, active.component);
+                        }
+                    }
                     self.cache.put(
                         command.target.clone(),
                         Cached {
@@ -471,6 +558,7 @@ impl CommandService {
                         component: Some(active.component),
                         duplicate: false,
                         attempts: attempt,
+                        position: appended.position,
                     });
                 }
                 Err(StoreError::CommandIdInUse { command_id, first }) => {
@@ -523,6 +611,77 @@ impl CommandService {
             return Err(ServiceError::UnknownAggregate(aggregate.clone()));
         }
         Ok(current)
+    }
+
+    /// The state of an aggregate as it was at a past point: `init` and the events up to that
+    /// point, folded with the component active now (no snapshot or cache is read or written).
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::UnknownAggregate`] when it has no events; [`ServiceError::UnknownVersion`]
+    /// for version 0, a version above the current one, or a time before the first event; guest
+    /// and storage errors.
+    pub async fn state_at(
+        &self,
+        caller: &TenantId,
+        aggregate: &AggregateRef,
+        point: PastPoint,
+    ) -> Result<PastState> {
+        if &aggregate.tenant != caller {
+            return Err(ServiceError::TenantAccessDenied {
+                caller: caller.clone(),
+                target: aggregate.tenant.clone(),
+            });
+        }
+        let active = self.registry.resolve(&aggregate.aggregate_type)?;
+        let mut events = self.log.read(aggregate, Version::INITIAL).await?;
+        let current_version = match events.last() {
+            Some(e) => e.version,
+            None => return Err(ServiceError::UnknownAggregate(aggregate.clone())),
+        };
+        let keep = match point {
+            PastPoint::Version(v) => {
+                if v == Version::INITIAL || v > current_version {
+                    return Err(ServiceError::UnknownVersion(format!(
+                        "aggregate {aggregate} has versions 1 to {current_version}, not {v}"
+                    )));
+                }
+                events.iter().take_while(|e| e.version <= v).count()
+            }
+            PastPoint::At(t) => {
+                let n = events.iter().take_while(|e| e.recorded_at <= t).count();
+                if n == 0 {
+                    return Err(ServiceError::UnknownVersion(format!(
+                        "aggregate {aggregate} had no events at {}; its first was recorded at {}",
+                        t.to_rfc3339(),
+                        events[0].recorded_at.to_rfc3339()
+                    )));
+                }
+                n
+            }
+        };
+        events.truncate(keep);
+        let last = events.last().expect("at least one event kept");
+        let (version, recorded_at) = (last.version, last.recorded_at);
+        let runtime = self.runtime.clone();
+        let instance = self.instance_key(aggregate, &active);
+        let limits = active.limits.clone();
+        let isolation = active.isolation;
+        let state = tokio::task::spawn_blocking(move || {
+            runtime.with_instance(&instance, &limits, isolation, |g| {
+                let init = g.init()?;
+                g.apply(&init, events.iter().map(Event::data))
+            })
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(format!("rehydration task: {e}")))??;
+        Ok(PastState {
+            version,
+            state,
+            component: active.component,
+            recorded_at,
+            current_version,
+        })
     }
 
     /// Events of an aggregate after a version, at most `limit`.
@@ -798,5 +957,6 @@ fn duplicate(
         events: done.events,
         duplicate: true,
         attempts: 0,
+        position: done.position,
     })
 }

@@ -17,7 +17,7 @@ use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, T
 pub mod breaker;
 pub mod embedded;
 pub mod jetstream;
-mod keys;
+pub(crate) mod keys;
 pub mod snapshots;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};

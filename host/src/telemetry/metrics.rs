@@ -118,6 +118,7 @@ pub struct Metrics {
     instance_pool: IntCounterVec,
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
+    process: IntGaugeVec,
     /// Tenants with accepted work: the only tenant ids used as label values.
     known_tenants: parking_lot::RwLock<HashSet<TenantId>>,
 }
@@ -233,12 +234,24 @@ impl Metrics {
         registry
             .register(Box::new(breaker_state.clone()))
             .expect("unique metric");
+        let process = IntGaugeVec::new(
+            Opts::new(
+                "aggregate_process",
+                "The host process now, by `what`: `tasks` (tokio tasks alive), `event_streams` (event streams open), `resident_bytes` (resident memory, from /proc/self/statm; absent elsewhere), `index_position` (the last log position the state index applied).",
+            ),
+            &["what"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(process.clone()))
+            .expect("unique metric");
         let breaker_transitions = counter(
             "aggregate_nats_breaker_transitions_total",
             "State changes of the breaker in front of NATS, by previous and new state.",
             &["from", "to"],
         );
         Arc::new(Self {
+            process,
             registry,
             commands,
             command_duration,
@@ -333,6 +346,25 @@ impl Metrics {
         self.deploys
             .with_label_values(&[ty.as_str(), outcome])
             .inc();
+    }
+
+    /// Set the process gauges (called before each scrape): tokio tasks alive, event streams
+    /// open, the state index's position, and the resident memory read from `/proc/self/statm`.
+    pub fn sync_process(&self, tasks: usize, event_streams: usize, index_position: Option<u64>) {
+        let set = |what: &str, v: i64| self.process.with_label_values(&[what]).set(v);
+        set("tasks", tasks as i64);
+        set("event_streams", event_streams as i64);
+        if let Some(p) = index_position {
+            set("index_position", p as i64);
+        }
+        // statm: size resident shared ... in pages (proc(5)); pages are 4 KiB on the platforms we
+        // ship (x86-64, aarch64 Linux with 4 KiB pages).
+        if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        {
+            set("resident_bytes", pages * 4096);
+        }
     }
 
     /// Bring the runtime-wide counters up to `stats` (called before each scrape).
