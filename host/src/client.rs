@@ -28,6 +28,15 @@ pub enum ClientError {
         /// The transport error.
         source: reqwest::Error,
     },
+    /// The host sent something that is not what the API says (a line of the event stream that
+    /// is not its JSON).
+    #[error("{url}: {detail}")]
+    Garbled {
+        /// The request URL.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
     /// The host answered with an error (an RFC 7807 problem when it is one).
     #[error("{status} {}: {}", problem_slug(.problem), .problem["detail"].as_str().unwrap_or(""))]
     Problem {
@@ -50,7 +59,7 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Problem { status, .. } => Some(*status),
-            ClientError::Http { .. } => None,
+            ClientError::Http { .. } | ClientError::Garbled { .. } => None,
         }
     }
 
@@ -58,7 +67,7 @@ impl ClientError {
     pub fn problem_type(&self) -> Option<&str> {
         match self {
             ClientError::Problem { problem, .. } => Some(problem_slug(problem)),
-            ClientError::Http { .. } => None,
+            ClientError::Http { .. } | ClientError::Garbled { .. } => None,
         }
     }
 }
@@ -303,6 +312,63 @@ impl Client {
         .await
     }
 
+    /// Open the tenant's event stream as newline-delimited JSON (`GET /events/stream` with
+    /// `Accept: application/x-ndjson`): every event of the tenant, or of one aggregate type, or of
+    /// one aggregate, after the event id `after` (`P` or `P.i` as the stream sent it; `"0"` is the
+    /// start of the log; `None` is the log's end now).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]: a problem answer (429 `too-many-streams`, 400 for a bad id, ...) or a
+    /// transport error.
+    pub async fn event_stream(
+        &self,
+        ty: Option<&str>,
+        id: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<EventStream, ClientError> {
+        let mut r = self
+            .gw(reqwest::Method::GET, "/events/stream")
+            .header("accept", "application/x-ndjson");
+        for (name, value) in [
+            ("aggregate_type", ty),
+            ("aggregate_id", id),
+            ("after", after),
+        ] {
+            if let Some(v) = value {
+                r = r.query(&[(name, v)]);
+            }
+        }
+        let request = r.build().map_err(|source| ClientError::Http {
+            url: String::new(),
+            source,
+        })?;
+        let url = request.url().to_string();
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let problem = serde_json::from_str(&text)
+                .unwrap_or_else(|_| serde_json::json!({ "detail": text }));
+            return Err(ClientError::Problem {
+                status: status.as_u16(),
+                problem,
+            });
+        }
+        Ok(EventStream {
+            url,
+            response,
+            buffer: Vec::new(),
+        })
+    }
+
     /// Upload a component.
     ///
     /// # Errors
@@ -372,5 +438,111 @@ impl Client {
     pub async fn ready(&self) -> Result<Value, ClientError> {
         self.execute(self.http.get(format!("{}/ready", self.admin)))
             .await
+    }
+}
+
+/// One line of the event stream (see [`Client::event_stream`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// The stream is open: `{"tenant_id", "aggregate_type", "aggregate_id", "after"}`, where
+    /// `after` is the event id the stream starts after.
+    Ready(Value),
+    /// One event and its id (`P.i`: log position and index in the commit), the id to resume after.
+    Event {
+        /// The event id.
+        id: String,
+        /// The event (`aggregate`, `version`, `event_type`, `payload`, `metadata`, ...).
+        event: Value,
+    },
+    /// An empty line the host sends while the stream is idle.
+    Heartbeat,
+    /// The host ended the stream with a problem (e.g. the event log failed); reconnect with the
+    /// last event id to continue.
+    Error(Value),
+}
+
+/// An open event stream: call [`EventStream::next`] until it returns `None` (the host closed it).
+#[derive(Debug)]
+pub struct EventStream {
+    url: String,
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next line; `None` when the host closed the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Http`] when the connection broke, or a line is not the stream's JSON.
+    pub async fn next(&mut self) -> Option<Result<StreamItem, ClientError>> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(parse_stream_line(&line[..end]).map_err(|detail| {
+                    ClientError::Garbled {
+                        url: self.url.clone(),
+                        detail,
+                    }
+                }));
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return None,
+                Err(source) => {
+                    return Some(Err(ClientError::Http {
+                        url: self.url.clone(),
+                        source,
+                    }))
+                }
+            }
+        }
+    }
+}
+
+fn parse_stream_line(line: &[u8]) -> Result<StreamItem, String> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return Ok(StreamItem::Heartbeat);
+    }
+    let mut v: Value = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    if let Some(ready) = v.get_mut("ready") {
+        return Ok(StreamItem::Ready(ready.take()));
+    }
+    if let Some(error) = v.get_mut("error") {
+        return Ok(StreamItem::Error(error.take()));
+    }
+    match (v["id"].as_str().map(str::to_string), v.get_mut("event")) {
+        (Some(id), Some(event)) => Ok(StreamItem::Event {
+            id,
+            event: event.take(),
+        }),
+        _ => Err("expected `ready`, `error` or `id` and `event`".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_lines_parse() {
+        assert_eq!(parse_stream_line(b""), Ok(StreamItem::Heartbeat));
+        assert_eq!(
+            parse_stream_line(br#"{"ready":{"after":"7"}}"#),
+            Ok(StreamItem::Ready(serde_json::json!({"after": "7"})))
+        );
+        assert_eq!(
+            parse_stream_line(br#"{"id":"8.0","event":{"version":1}}"#),
+            Ok(StreamItem::Event {
+                id: "8.0".into(),
+                event: serde_json::json!({"version": 1})
+            })
+        );
+        assert!(matches!(
+            parse_stream_line(br#"{"error":{"status":503}}"#),
+            Ok(StreamItem::Error(_))
+        ));
+        assert!(parse_stream_line(b"{\"id\":8}").is_err());
+        assert!(parse_stream_line(b"not json").is_err());
     }
 }

@@ -106,27 +106,61 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Print an aggregate's state and version.
+    /// Print an aggregate's state and version, now or as it was after a past version or at a
+    /// past time (rebuilt with the component active now, which the answer names).
     State {
         /// The aggregate type.
         aggregate_type: String,
         /// The aggregate id.
         aggregate_id: String,
+        /// The state as it was right after this version (1 is the first event).
+        #[arg(long, conflicts_with = "at")]
+        version: Option<u64>,
+        /// The state as it was at this time (RFC 3339, e.g. `2026-11-30T12:00:00Z`).
+        #[arg(long)]
+        at: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
-    /// Print an aggregate's events.
+    /// Print an aggregate's events; with `--follow`, print the events of an aggregate, of a
+    /// type or (type `*`) of the whole tenant as they are committed, one JSON line
+    /// (`{"id", "event"}`) each, until interrupted. A dropped connection is resumed after the
+    /// last id printed, so no event is missed or printed twice.
     Events {
+        /// The aggregate type (`*`: every type; only with `--follow`).
+        aggregate_type: String,
+        /// The aggregate id (optional with `--follow`).
+        aggregate_id: Option<String>,
+        /// Only events after this version (without `--follow`).
+        #[arg(long, default_value_t = 0, conflicts_with = "follow")]
+        after: u64,
+        /// At most this many (without `--follow`).
+        #[arg(long, default_value_t = 100, conflicts_with = "follow")]
+        limit: usize,
+        /// Follow the event stream.
+        #[arg(long)]
+        follow: bool,
+        /// With `--follow`: start after this event id as printed before (`P.i`, or a log
+        /// position `P`; `0` replays from the start). Default: only events committed from now.
+        #[arg(long, requires = "follow")]
+        after_id: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print the tenant's aggregates of a type whose state matches a CEL filter (e.g.
+    /// `state.balance > 50`), one JSON line (`{"aggregate_id", "version", "state",
+    /// "last_event_at"}`) each, over every page.
+    Query {
         /// The aggregate type.
         aggregate_type: String,
-        /// The aggregate id.
-        aggregate_id: String,
-        /// Only events after this version.
-        #[arg(long, default_value_t = 0)]
-        after: u64,
-        /// At most this many.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        /// The CEL filter over `state`, `id`, `version` and `last_event_at` (default: all).
+        filter: Option<String>,
+        /// Aggregates per request (1..1000).
+        #[arg(long, default_value_t = 500)]
+        page_size: usize,
+        /// Stop after this many aggregates.
+        #[arg(long)]
+        max: Option<usize>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -243,6 +277,116 @@ fn print(v: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Write one compact JSON line to stdout and flush it (for `--follow`, line by line).
+fn print_line(v: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{v}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Whether following should reconnect after this error: transport errors, a garbled line, and
+/// the answers that mean "later" (429, 502, 503, 504). Anything else (a bad id, an unknown type,
+/// a refused tenant) would fail again.
+fn worth_retrying(e: &ClientError) -> bool {
+    match e.status() {
+        None => true,
+        Some(s) => matches!(s, 429 | 502 | 503 | 504),
+    }
+}
+
+/// `events --follow`: print each event as it arrives; reconnect after the last id printed (or
+/// after where the stream began, when none was printed yet) with a backoff of 0.1 s doubling to
+/// 5 s, until interrupted.
+async fn follow_events(
+    client: &Client,
+    ty: Option<&str>,
+    id: Option<&str>,
+    mut after: Option<String>,
+) -> anyhow::Result<()> {
+    const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        match client.event_stream(ty, id, after.as_deref()).await {
+            Err(e) if worth_retrying(&e) => eprintln!("events: {e}"),
+            Err(e) => return Err(e.into()),
+            Ok(mut stream) => loop {
+                use aggregate_host::client::StreamItem;
+                match stream.next().await {
+                    Some(Ok(StreamItem::Ready(ready))) => {
+                        pause = FIRST_PAUSE;
+                        if after.is_none() {
+                            after = ready["after"].as_str().map(str::to_string);
+                        }
+                        eprintln!(
+                            "events: following after {}",
+                            after.as_deref().unwrap_or("?")
+                        );
+                    }
+                    Some(Ok(StreamItem::Event { id, event })) => {
+                        print_line(&serde_json::json!({ "id": id, "event": event }))?;
+                        after = Some(id);
+                    }
+                    Some(Ok(StreamItem::Heartbeat)) => {}
+                    Some(Ok(StreamItem::Error(problem))) => {
+                        eprintln!("events: the host ended the stream: {problem}");
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        eprintln!("events: connection lost: {e}");
+                        break;
+                    }
+                    None => {
+                        eprintln!("events: the host closed the stream");
+                        break;
+                    }
+                }
+            },
+        }
+        eprintln!(
+            "events: reconnecting in {:.1} s after {}",
+            pause.as_secs_f64(),
+            after.as_deref().unwrap_or("the log's end")
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// `query`: every page, one line per aggregate; per-row evaluation errors are reported on stderr.
+async fn query_all(
+    client: &Client,
+    ty: &str,
+    filter: Option<&str>,
+    page_size: usize,
+    max: Option<usize>,
+) -> anyhow::Result<()> {
+    let mut token: Option<String> = None;
+    let mut printed = 0usize;
+    loop {
+        let page = client
+            .query(ty, filter, Some(page_size), token.as_deref())
+            .await?;
+        if page["errors"].as_u64().unwrap_or(0) > 0 {
+            eprintln!(
+                "query: the filter failed on {} aggregates of this page (they are left out): {}",
+                page["errors"], page["first_error"]
+            );
+        }
+        for item in page["items"].as_array().into_iter().flatten() {
+            if max.is_some_and(|m| printed >= m) {
+                return Ok(());
+            }
+            print_line(item)?;
+            printed += 1;
+        }
+        match page["next_page_token"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => return Ok(()),
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -324,20 +468,59 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::State {
             aggregate_type,
             aggregate_id,
+            version,
+            at,
             remote,
-        } => print(&runtime()?.block_on(remote.client().state(&aggregate_type, &aggregate_id))?),
+        } => print(&runtime()?.block_on(remote.client().state_at(
+            &aggregate_type,
+            &aggregate_id,
+            version,
+            at.as_deref(),
+        ))?),
         Cmd::Events {
             aggregate_type,
             aggregate_id,
             after,
             limit,
+            follow,
+            after_id,
             remote,
-        } => print(&runtime()?.block_on(remote.client().events(
+        } => {
+            if follow {
+                let ty = (aggregate_type != "*").then_some(aggregate_type.as_str());
+                if ty.is_none() && aggregate_id.is_some() {
+                    anyhow::bail!("an aggregate id needs its aggregate type, not `*`");
+                }
+                return runtime()?.block_on(follow_events(
+                    &remote.client(),
+                    ty,
+                    aggregate_id.as_deref(),
+                    after_id,
+                ));
+            }
+            let Some(id) = aggregate_id else {
+                anyhow::bail!("say which aggregate (its id), or --follow to follow the stream");
+            };
+            print(&runtime()?.block_on(remote.client().events(
+                &aggregate_type,
+                &id,
+                after,
+                limit,
+            ))?)
+        }
+        Cmd::Query {
+            aggregate_type,
+            filter,
+            page_size,
+            max,
+            remote,
+        } => runtime()?.block_on(query_all(
+            &remote.client(),
             &aggregate_type,
-            &aggregate_id,
-            after,
-            limit,
-        ))?),
+            filter.as_deref(),
+            page_size,
+            max,
+        )),
         Cmd::Placement { action, remote } => {
             use reqwest::Method;
             let client = remote.client();
