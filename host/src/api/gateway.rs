@@ -351,6 +351,7 @@ async fn query(
         )));
     }
     let wait = Duration::from_millis(st.0.config.query_wait_ms);
+    let deadline = tokio::time::Instant::now() + wait;
     let _permit = tokio::time::timeout(wait, st.0.queries.clone().acquire_owned())
         .await
         .map_err(|_| {
@@ -377,6 +378,11 @@ async fn query(
             .position()
             .await
             .map_err(ServiceError::from)?;
+    if let Some(p) = q.min_position.filter(|p| *p > head) {
+        return Err(ApiError::BadRequest(format!(
+            "query: min_position {p} is beyond the event log's end ({head}); use the `position` of a command answer"
+        )));
+    }
     let wanted = head.max(q.min_position.unwrap_or(0));
     let index_error = |e: IndexError| match e {
         IndexError::Behind { .. } => ApiError::QueryUnavailable(e.to_string()),
@@ -384,7 +390,8 @@ async fn query(
         IndexError::BadPageToken(_) => ApiError::BadRequest(e.to_string()),
         IndexError::Storage(_) => ApiError::Internal(e.to_string()),
     };
-    index.wait_for(wanted, wait).await.map_err(index_error)?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    index.wait_for(wanted, left).await.map_err(index_error)?;
     let request = IndexQuery {
         tenant: tenant.clone(),
         aggregate_type: ty.clone(),
@@ -583,6 +590,9 @@ struct Follow {
     /// Events of this commit up to this index were already seen (a `P.i` resume).
     seen_in: Option<(u64, usize)>,
     heartbeat: Duration,
+    /// When the client was last sent something: a heartbeat is due `heartbeat` after it, however
+    /// many commits the stream's filter dropped meanwhile.
+    quiet_since: tokio::time::Instant,
     shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     pending: std::collections::VecDeque<Chunk>,
     done: bool,
@@ -593,6 +603,7 @@ impl Follow {
     async fn next(&mut self) -> Option<Chunk> {
         loop {
             if let Some(c) = self.pending.pop_front() {
+                self.quiet_since = tokio::time::Instant::now();
                 return Some(c);
             }
             if self.done {
@@ -600,7 +611,10 @@ impl Follow {
             }
             let item = tokio::select! {
                 _ = &mut self.shutdown => return None,
-                _ = tokio::time::sleep(self.heartbeat) => return Some(Chunk::Heartbeat),
+                _ = tokio::time::sleep_until(self.quiet_since + self.heartbeat) => {
+                    self.quiet_since = tokio::time::Instant::now();
+                    return Some(Chunk::Heartbeat);
+                }
                 item = self.feed.next() => item,
             };
             match item {
@@ -710,6 +724,7 @@ async fn stream(
         aggregate_id: id,
         seen_in,
         heartbeat: Duration::from_millis(st.0.config.stream_heartbeat_ms),
+        quiet_since: tokio::time::Instant::now(),
         shutdown: Box::pin(st.shutdown_signal()),
         pending: std::collections::VecDeque::from([ready]),
         done: false,
@@ -733,6 +748,10 @@ async fn stream(
             [
                 (axum::http::header::CONTENT_TYPE, NDJSON),
                 (axum::http::header::CACHE_CONTROL, "no-cache"),
+                (
+                    axum::http::HeaderName::from_static("x-accel-buffering"),
+                    "no",
+                ),
             ],
             Body::from_stream(lines),
         )

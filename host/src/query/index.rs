@@ -428,10 +428,23 @@ impl StateIndex {
                         all.retain(|e| e.version <= last.version);
                         all
                     };
-                    match service
+                    let had_base = base.is_some();
+                    let mut folded = service
                         .fold_events(aggregate, base.map(|b| b.state), events)
-                        .await
-                    {
+                        .await;
+                    if had_base && folded.is_err() {
+                        // The indexed state may be one the active component cannot read (a new
+                        // component under `trust`): fold every event from `init`, as the
+                        // command path does.
+                        let mut all = service
+                            .log()
+                            .read(aggregate, Version::INITIAL)
+                            .await
+                            .map_err(storage)?;
+                        all.retain(|e| e.version <= last.version);
+                        folded = service.fold_events(aggregate, None, all).await;
+                    }
+                    match folded {
                         Ok((state, component)) => Entry {
                             version: last.version,
                             last_event_at: last.recorded_at,

@@ -507,6 +507,13 @@ fn check_stream(config: &stream::Config, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The event stream's consumer limit: every open event stream (and each host's state index)
+/// holds one ordered consumer. nats-server 2.15 gives a stream without its own limit a default of
+/// 1000 consumers (and treats -1 as that default; nats.net PR 1256), fewer than one host's
+/// `max_streams` (4096 by default). A dropped stream's consumer is removed by the server 30 s
+/// later (async-nats 0.51 gives ordered push consumers that inactivity threshold).
+pub const EVENT_STREAM_MAX_CONSUMERS: i32 = 65_536;
+
 impl Core {
     /// Create the stream and the command bucket if missing, check them if present.
     async fn open(client: async_nats::Client, config: JetStreamConfig) -> Result<Self> {
@@ -529,14 +536,35 @@ impl Core {
             duplicate_window: config.duplicate_window,
             allow_direct: true,
             num_replicas: config.replicas.max(1),
+            max_consumers: EVENT_STREAM_MAX_CONSUMERS,
             ..Default::default()
         };
-        let stream = js
-            .get_or_create_stream(wanted)
+        let mut stream = js
+            .get_or_create_stream(wanted.clone())
             .await
             .map_err(unavailable!("create stream"))?;
         check_stream(&stream.cached_info().config, &config.stream)?;
         check_replicas(&stream.cached_info().config, config.replicas)?;
+        let found = stream.cached_info().config.max_consumers;
+        if found > 0 && found < EVENT_STREAM_MAX_CONSUMERS {
+            // A stream created before (or by nats-server's default of 1000 since 2.15) would
+            // refuse event streams beyond that many. Servers since 2.12 let it be raised.
+            let mut raised = stream.cached_info().config.clone();
+            raised.max_consumers = EVENT_STREAM_MAX_CONSUMERS;
+            match js.update_stream(raised).await {
+                Ok(_) => {
+                    stream = js
+                        .get_stream(&config.stream)
+                        .await
+                        .map_err(unavailable!("stream info"))?;
+                    tracing::info!(stream = %config.stream, from = found, to = EVENT_STREAM_MAX_CONSUMERS, "raised the stream's consumer limit");
+                }
+                Err(e) => tracing::warn!(
+                    stream = %config.stream, max_consumers = found, error = %e,
+                    "cannot raise the stream's consumer limit; event streams beyond it answer 503"
+                ),
+            }
+        }
 
         // The command bucket's stream is created here rather than with `create_key_value`, which
         // queries account info in a shape nats-server 2.9 does not answer. Same layout as a KV
