@@ -583,6 +583,7 @@ async fn send(
             };
             Err((kind.to_string(), root_cause(&source)))
         }
+        Ok(Err(e @ ClientError::Garbled { .. })) => Err(("garbled answer".into(), e.to_string())),
         Err(_) => Err((
             format!("no answer within {REQUEST_TIMEOUT:?}"),
             String::new(),
