@@ -289,6 +289,7 @@ async fn cluster_scenarios() {
 
     deploys_reach_every_host_under_load(&cluster).await;
     commands_run_on_the_tenant_owner(&cluster).await;
+    queries_give_one_answer_on_every_host(&cluster).await;
     late_empty_and_corrupted_hosts_serve_the_active_version(&mut cluster).await;
     concurrent_deploys_end_in_one_history(&cluster).await;
     a_host_that_does_not_acknowledge_is_named_and_catches_up(&cluster).await;
@@ -487,6 +488,111 @@ async fn commands_run_on_the_tenant_owner(cluster: &Cluster) {
     assert!(
         owners.len() >= 2,
         "{what}: one host owns every tenant: {owners:?}"
+    );
+}
+
+/// Every page of `filter` over the tenant's accounts, as one host answers it.
+async fn query_all(client: &Client, filter: &str) -> Vec<Value> {
+    let (mut items, mut token) = (Vec::new(), None::<String>);
+    loop {
+        let page = client
+            .query(TYPE, Some(filter), Some(7), token.as_deref())
+            .await
+            .unwrap();
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_page_token"].as_str() {
+            Some(t) => token = Some(t.to_string()),
+            None => return items,
+        }
+    }
+}
+
+/// A query gets the same answer from every host (each host's state index follows the whole
+/// log, and a query waits for the log's position at its arrival), also right after its tenant
+/// moved to another owner and wrote there.
+async fn queries_give_one_answer_on_every_host(cluster: &Cluster) {
+    let what = "queries on every host";
+    let tenant = "query-tenant";
+    let a = cluster.host("a").client();
+    let owner = owner_of(&a, tenant).await;
+    let writer = cluster.host(&owner).tenant(tenant);
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let id = new_id();
+        writer
+            .send(TYPE, &id, "open", &json!({"owner": tenant}))
+            .await
+            .unwrap();
+        writer
+            .send(TYPE, &id, "deposit", &json!({"amount": 10 * (n + 1)}))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let filter = "state.balance > 50";
+    let answers = |label: &'static str| async move {
+        let mut answers = Vec::new();
+        for h in ["a", "b", "c"] {
+            answers.push((h, query_all(&cluster.host(h).tenant(tenant), filter).await));
+        }
+        for (h, items) in &answers[1..] {
+            assert_eq!(
+                items, &answers[0].1,
+                "{what} ({label}): host {h} answers differently from host a"
+            );
+        }
+        answers.swap_remove(0).1
+    };
+    let before = answers("before the move").await;
+    assert_eq!(before.len(), 15, "{what}: balances 60..200 match");
+
+    // Move the tenant (pin it elsewhere), write through the new owner, and ask every host at once.
+    let target = ["a", "b", "c"].into_iter().find(|h| *h != owner).unwrap();
+    a.admin(
+        reqwest::Method::PUT,
+        &format!("/admin/placement/pins/{tenant}"),
+        Some(&json!({"host_id": target})),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    for h in ["a", "b", "c"] {
+        while owner_of(&cluster.host(h).client(), tenant).await != target {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{what}: host {h} does not see {tenant} on {target}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let moved = cluster.host(target).tenant(tenant);
+    let answer = moved
+        .send(TYPE, &ids[0], "deposit", &json!({"amount": 1000}))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["events"][0]["metadata"]["host"], target,
+        "{what}: the new owner wrote it"
+    );
+    let after = answers("right after the move").await;
+    assert_eq!(after.len(), 16, "{what}: the first account now matches too");
+    let first = after
+        .iter()
+        .find(|i| i["aggregate_id"] == ids[0].as_str())
+        .expect("the account written after the move");
+    assert_eq!(first["state"]["balance"], 1010, "{first}");
+    assert_eq!(first["version"], answer["version"], "{first}");
+    a.admin(
+        reqwest::Method::DELETE,
+        &format!("/admin/placement/pins/{tenant}"),
+        None,
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "CLUSTER {what}: 3 hosts gave the same {} and {} matches, owner {owner} then {target}",
+        before.len(),
+        after.len()
     );
 }
 

@@ -16,6 +16,7 @@ mod drain;
 mod errors;
 mod faults;
 mod hot_deploy;
+mod index;
 mod metrics;
 mod nats_outage;
 mod read_side;

@@ -105,7 +105,7 @@ problem_types! {
     NotReady = "not-ready", 503, "Not ready",
         "A readiness check failed (`checks` lists each with its status).";
     InvalidFilter = "invalid-filter", 400, "Invalid filter",
-        "The `filter` of a state query is not a usable CEL expression: a syntax error, an unknown function or variable, a result that is not a bool, or an expression over the size, nesting or cost bounds (`kind`: syntax, unknown-function, unknown-variable, not-boolean, too-expensive; `position`: byte offset in the filter, when known). Nothing was evaluated.";
+        "The `filter` of a state query is not a usable CEL expression: a syntax error, an unknown function or variable, a result that is not a bool, or an expression over the size, nesting or cost bounds (`kind`: syntax, unknown-function, unknown-variable, not-boolean, too-expensive, or evaluation when compiling it failed otherwise; `position`: byte offset in the filter, when known). A non-bool result found while scanning is refused the same way.";
     UnknownVersion = "unknown-version", 404, "Unknown version",
         "The aggregate never had the version asked for (`?version=N` above its current version, or 0), or had no events yet at the `?at=` time.";
     TooManyStreams = "too-many-streams", 429, "Too many event streams",

@@ -402,7 +402,7 @@ async fn query(
     };
     let page = on_filter_thread(move || index.query_page(&request))
         .await
-        .map_err(ApiError::InvalidFilter)?
+        .map_err(|e| ApiError::Internal(format!("filter thread: {e}")))?
         .map_err(index_error)?;
     if !page.items.is_empty() {
         st.tenant_accepted(&tenant);

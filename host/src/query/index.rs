@@ -195,6 +195,8 @@ pub struct StateIndex {
     rebuilds: Mutex<BTreeMap<String, RebuildStatus>>,
     /// Serialises writes of the follower and of rebuilds.
     writes: tokio::sync::Mutex<()>,
+    /// Aggregate types whose `built_by/<type>` is known to be recorded.
+    built_by_recorded: Mutex<std::collections::HashSet<AggregateType>>,
 }
 
 impl std::fmt::Debug for StateIndex {
@@ -238,6 +240,7 @@ impl StateIndex {
             handover: Mutex::new(HashMap::new()),
             rebuilds: Mutex::new(BTreeMap::new()),
             writes: tokio::sync::Mutex::new(()),
+            built_by_recorded: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -461,12 +464,24 @@ impl StateIndex {
             pending.insert(aggregate.clone(), entry);
         }
         let mut wb = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut recorded = Vec::new();
         for (aggregate, entry) in &pending {
             let value = serde_json::to_vec(entry).map_err(storage)?;
             wb.insert(&self.states, aggregate_key(aggregate), value);
+            // The first entry of a type records the component that built it, in the same
+            // batch: a later deploy with policy `rebuild` is compared with it.
+            let ty = &aggregate.aggregate_type;
+            if !recorded.contains(ty) && !self.built_by_recorded.lock().contains(ty) {
+                let key = format!("{BUILT_BY_PREFIX}{}", ty.as_str());
+                if self.meta.get(&key).map_err(storage)?.is_none() {
+                    wb.insert(&self.meta, key, entry.component.to_hex());
+                }
+                recorded.push(ty.clone());
+            }
         }
         wb.insert(&self.meta, CHECKPOINT_KEY, last_position.to_be_bytes());
         wb.commit().map_err(storage)?;
+        self.built_by_recorded.lock().extend(recorded);
         self.applied.send_replace(last_position);
         Ok(())
     }
@@ -497,8 +512,12 @@ impl StateIndex {
             if running {
                 continue;
             }
-            if built_by.is_none() || active.snapshot_policy != SnapshotPolicy::Rebuild {
-                // First sight of the type, or the new component reads the old states.
+            if built_by.is_none() {
+                // No entry of the type yet (its first one records its builder).
+                continue;
+            }
+            if active.snapshot_policy != SnapshotPolicy::Rebuild {
+                // The new component reads the old states.
                 let _ = self.meta.insert(&key, active.component.to_hex());
                 continue;
             }
@@ -639,7 +658,10 @@ impl StateIndex {
         };
         let mut last_id = None;
         for guard in self.states.range(start..end) {
-            if page.items.len() >= query.limit || started.elapsed() >= query.budget {
+            // The budget ends a page only after one entry was scanned, so that every page moves on.
+            if page.items.len() >= query.limit
+                || (last_id.is_some() && started.elapsed() >= query.budget)
+            {
                 page.next_page_token = last_id.map(|id| encode_token(id, &fingerprint));
                 return Ok(page);
             }
