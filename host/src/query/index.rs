@@ -56,7 +56,7 @@ use crate::service::{CommandService, ServiceError};
 use crate::store::keys::{aggregate_key, decode_aggregate_key, type_prefix};
 use crate::store::{FeedFilter, FeedItem, StoreError};
 use crate::types::{
-    AggregateId, AggregateRef, AggregateType, ComponentHash, Json, TenantId, Version,
+    AggregateId, AggregateRef, AggregateType, ComponentHash, Event, Json, TenantId, Version,
 };
 
 const CHECKPOINT_KEY: &[u8] = b"checkpoint";
@@ -66,6 +66,9 @@ const BUILT_BY_PREFIX: &str = "built_by/";
 const MAX_HANDOVER: usize = 65_536;
 /// Most commits applied in one batch (one fjall write).
 const MAX_BATCH: usize = 1024;
+/// How long the follower waits, after a commit arrives, for more before it writes them together.
+/// Queries wait that much longer for a command just answered.
+const GATHER: Duration = Duration::from_millis(2);
 /// How often the follower checks the registry for component changes (rebuilds).
 const REGISTRY_CHECK: Duration = Duration::from_secs(1);
 
@@ -348,7 +351,18 @@ impl StateIndex {
                     _ = tokio::time::sleep(REGISTRY_CHECK) => continue,
                     batch = feed.next() => batch,
                 };
-                let Some(batch) = batch else { break };
+                let Some(mut batch) = batch else { break };
+                if batch.len() < MAX_BATCH {
+                    // Let a few more commits arrive: one write and one wake-up for many commits
+                    // instead of one per commit (what the index costs the command path).
+                    tokio::time::sleep(GATHER).await;
+                    while batch.len() < MAX_BATCH {
+                        match futures::FutureExt::now_or_never(feed.next()) {
+                            Some(Some(more)) => batch.extend(more),
+                            _ => break,
+                        }
+                    }
+                }
                 let mut items = Vec::with_capacity(batch.len());
                 let mut failed = None;
                 for item in batch {
@@ -388,16 +402,31 @@ impl StateIndex {
             return Ok(());
         };
         let _writes = self.writes.lock().await;
-        let mut pending: HashMap<AggregateRef, Entry> = HashMap::new();
+        // Only an aggregate's last commit in the batch needs a state (the batch is written
+        // atomically with the checkpoint): group the commits per aggregate, in order. A follower
+        // that fell behind then folds nothing for the commits the command path handed over, not
+        // once per commit.
+        let mut order: Vec<(AggregateRef, Vec<Arc<[Event]>>)> = Vec::new();
+        let mut slot: HashMap<AggregateRef, usize> = HashMap::new();
         for item in items {
-            let Some(last) = item.events.last() else {
+            if item.events.is_empty() {
                 continue;
-            };
-            let aggregate = &item.aggregate;
-            let base = match pending.get(aggregate) {
-                Some(e) => Some(e.clone()),
-                None => self.get(aggregate)?,
-            };
+            }
+            let n = *slot.entry(item.aggregate.clone()).or_insert_with(|| {
+                order.push((item.aggregate.clone(), Vec::new()));
+                order.len() - 1
+            });
+            order[n].1.push(item.events);
+        }
+        let mut pending: HashMap<AggregateRef, Entry> = HashMap::new();
+        for (aggregate, commits) in order {
+            let aggregate = &aggregate;
+            let last = commits
+                .last()
+                .and_then(|c| c.last())
+                .expect("commits with events")
+                .clone();
+            let base = self.get(aggregate)?;
             let base_version = base.as_ref().map_or(Version::INITIAL, |e| e.version);
             if base_version >= last.version {
                 continue; // already applied (a rebuild got there first)
@@ -417,20 +446,22 @@ impl StateIndex {
                     state,
                 },
                 _ => {
-                    // Fold the events after the base; read them from the log when the commit
-                    // does not start right after it (the index missed some, e.g. a skipped failure).
-                    let first = item.events[0].version;
-                    let events = if first == base_version.advance(1) {
-                        item.events.to_vec()
-                    } else {
-                        let mut all = service
+                    // Fold the events after the base; read them from the log when the batch's
+                    // do not start right after it (the index missed some, e.g. a skipped failure).
+                    let mut events: Vec<Event> = commits
+                        .iter()
+                        .flat_map(|c| c.iter())
+                        .filter(|e| e.version > base_version)
+                        .cloned()
+                        .collect();
+                    if events.first().map(|e| e.version) != Some(base_version.advance(1)) {
+                        events = service
                             .log()
                             .read(aggregate, base_version)
                             .await
                             .map_err(storage)?;
-                        all.retain(|e| e.version <= last.version);
-                        all
-                    };
+                        events.retain(|e| e.version <= last.version);
+                    }
                     let had_base = base.is_some();
                     let mut folded = service
                         .fold_events(aggregate, base.map(|b| b.state), events)
