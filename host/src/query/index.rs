@@ -426,11 +426,6 @@ impl StateIndex {
                 .and_then(|c| c.last())
                 .expect("commits with events")
                 .clone();
-            let base = self.get(aggregate)?;
-            let base_version = base.as_ref().map_or(Version::INITIAL, |e| e.version);
-            if base_version >= last.version {
-                continue; // already applied (a rebuild got there first)
-            }
             let handed = {
                 let mut map = self.handover.lock();
                 match map.get(aggregate) {
@@ -438,6 +433,32 @@ impl StateIndex {
                     _ => None,
                 }
             };
+            // The command path handed over this very state: write it without reading the entry,
+            // unless a rebuild of the type runs (it may have written a later version).
+            let rebuilding = || {
+                self.rebuilds
+                    .lock()
+                    .get(aggregate.aggregate_type.as_str())
+                    .is_some_and(|r| r.finished_at.is_none())
+            };
+            let handed = match handed {
+                Some((v, state, component)) if v == last.version && !rebuilding() => {
+                    let entry = Entry {
+                        version: v,
+                        last_event_at: last.recorded_at,
+                        component,
+                        state,
+                    };
+                    pending.insert(aggregate.clone(), entry);
+                    continue;
+                }
+                other => other,
+            };
+            let base = self.get(aggregate)?;
+            let base_version = base.as_ref().map_or(Version::INITIAL, |e| e.version);
+            if base_version >= last.version {
+                continue; // already applied (a rebuild got there first)
+            }
             let entry = match handed {
                 Some((v, state, component)) if v == last.version => Entry {
                     version: v,
