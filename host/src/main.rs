@@ -297,7 +297,8 @@ fn worth_retrying(e: &ClientError) -> bool {
 
 /// `events --follow`: print each event as it arrives; reconnect after the last id printed (or
 /// after where the stream began, when none was printed yet) with a backoff of 0.1 s doubling to
-/// 5 s, until interrupted.
+/// 5 s (back to 0.1 s once an event arrives), until interrupted. A stream silent for 60 s (four
+/// default heartbeats) counts as dropped.
 async fn follow_events(
     client: &Client,
     ty: Option<&str>,
@@ -305,6 +306,7 @@ async fn follow_events(
     mut after: Option<String>,
 ) -> anyhow::Result<()> {
     const FIRST_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+    const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
     let mut pause = FIRST_PAUSE;
     loop {
         match client.event_stream(ty, id, after.as_deref()).await {
@@ -312,9 +314,17 @@ async fn follow_events(
             Err(e) => return Err(e.into()),
             Ok(mut stream) => loop {
                 use aggregate_host::client::StreamItem;
-                match stream.next().await {
+                // The host sends a heartbeat every 15 s by default: a connection silent for four
+                // of them is taken as lost (a half-open TCP connection never ends by itself).
+                let next = match tokio::time::timeout(IDLE, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        eprintln!("events: nothing received for {} s", IDLE.as_secs());
+                        break;
+                    }
+                };
+                match next {
                     Some(Ok(StreamItem::Ready(ready))) => {
-                        pause = FIRST_PAUSE;
                         if after.is_none() {
                             after = ready["after"].as_str().map(str::to_string);
                         }
@@ -326,6 +336,9 @@ async fn follow_events(
                     Some(Ok(StreamItem::Event { id, event })) => {
                         print_line(&serde_json::json!({ "id": id, "event": event }))?;
                         after = Some(id);
+                        // Progress: a later drop reconnects soon. (A stream that fails before
+                        // any event keeps backing off.)
+                        pause = FIRST_PAUSE;
                     }
                     Some(Ok(StreamItem::Heartbeat)) => {}
                     Some(Ok(StreamItem::Error(problem))) => {

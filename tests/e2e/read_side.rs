@@ -484,6 +484,24 @@ async fn a_resumed_stream_has_no_gap_and_no_duplicate(backend: Backend) {
             .all(|(_, e)| e["aggregate"]["tenant"] == "reader"),
         "only the reader's events"
     );
+    // An id this log never sent (beyond its end) is refused, not followed silently.
+    let beyond = client
+        .http()
+        .get(format!("{}/events/stream", host.gateway))
+        .header("x-tenant-id", "reader")
+        .header("last-event-id", "999999999.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), 400);
+    let body: Value = beyond.json().await.unwrap();
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("beyond the event log's end"),
+        "{body}"
+    );
 }
 
 /// How many consumers the host's event stream (`AGGREGATES`) has.

@@ -696,6 +696,18 @@ async fn stream(
         st.0.config.max_streams,
     )?;
     let log = st.0.service.log();
+    if let Some(cursor) = resume {
+        // An id beyond the log's end was not sent by this log (another embedded host's, or a
+        // restored database): following after it would skip events silently.
+        let end = log.position().await.map_err(ServiceError::from)?;
+        if cursor.position > end {
+            return Err(ApiError::BadRequest(format!(
+                "event id {}: position {} is beyond the event log's end ({end}); resume with an id this host's stream sent",
+                match cursor.index { Some(i) => format!("{}.{i}", cursor.position), None => cursor.position.to_string() },
+                cursor.position
+            )));
+        }
+    }
     // Start at a known position, so the `ready` event can say where the stream begins.
     let (after, seen_in) = match resume {
         Some(Cursor {
@@ -712,7 +724,6 @@ async fn stream(
         .subscribe(FeedFilter::tenant(&tenant, ty.as_ref()), Some(after))
         .await
         .map_err(ServiceError::from)?;
-    st.0.metrics.know_tenant(&tenant);
     let ready = Chunk::Ready(json!({
         "tenant_id": tenant.as_str(),
         "aggregate_type": ty,

@@ -459,8 +459,16 @@ impl StateIndex {
             if base_version >= last.version {
                 continue; // already applied (a rebuild got there first)
             }
+            // During a rebuild, a state handed over by a command that ran the previous component
+            // is folded again instead (the rebuild may have passed this aggregate already).
+            let current = |c: &ComponentHash| {
+                service
+                    .registry()
+                    .resolve(&aggregate.aggregate_type)
+                    .is_ok_and(|a| a.component == *c)
+            };
             let entry = match handed {
-                Some((v, state, component)) if v == last.version => Entry {
+                Some((v, state, component)) if v == last.version && current(&component) => Entry {
                     version: v,
                     last_event_at: last.recorded_at,
                     component,
@@ -573,6 +581,19 @@ impl StateIndex {
                 let _ = self.meta.insert(&key, active.component.to_hex());
                 continue;
             }
+            // Mark it running now: the scan of the type's keys may outlast the next check.
+            self.rebuilds.lock().insert(
+                ty.as_str().to_string(),
+                RebuildStatus {
+                    component: active.component,
+                    total: 0,
+                    done: 0,
+                    failed: 0,
+                    started_at: Utc::now(),
+                    finished_at: None,
+                    elapsed_ms: None,
+                },
+            );
             let (index, service, ty) = (self.clone(), service.clone(), ty.clone());
             tokio::spawn(async move {
                 index.rebuild(&service, &ty, active.component).await;

@@ -546,9 +546,10 @@ impl Core {
         check_stream(&stream.cached_info().config, &config.stream)?;
         check_replicas(&stream.cached_info().config, config.replicas)?;
         let found = stream.cached_info().config.max_consumers;
-        if found > 0 && found < EVENT_STREAM_MAX_CONSUMERS {
-            // A stream created before (or by nats-server's default of 1000 since 2.15) would
-            // refuse event streams beyond that many. Servers since 2.12 let it be raised.
+        if found < EVENT_STREAM_MAX_CONSUMERS {
+            // A stream created before with a lower limit, or with none (-1 or 0, which
+            // nats-server since 2.15 reads as its default of 1000), would refuse event streams
+            // beyond that many. Servers since 2.12 let the limit be changed.
             let mut raised = stream.cached_info().config.clone();
             raised.max_consumers = EVENT_STREAM_MAX_CONSUMERS;
             match js.update_stream(raised).await {
