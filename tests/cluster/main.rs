@@ -1283,7 +1283,7 @@ async fn a_dead_or_paused_owner_loses_no_command(cluster: &mut Cluster) {
             .collect();
         assert!(
             b_after.iter().all(|t| *t > new_owner_last) || b_after.is_empty(),
-            "{what}: b and the new owner of {t} wrote in the same period"
+            "{what}: b and the new owner of {t} wrote in the same period: stopped {stopped}, resumed {resumed}, the new owner's last event {new_owner_last}, b's events after the pause {b_after:?}"
         );
     }
     eprintln!(
