@@ -50,6 +50,7 @@ fn commit(a: &AggregateRef, expected: u64) -> Commit {
                 correlation_id: Some("bench".into()),
                 traceparent: None,
                 host: None,
+                actor: None,
             },
             component: ComponentHash::of(b"bench"),
             recorded_at: chrono::Utc::now(),

@@ -34,6 +34,8 @@ pub struct Host {
     /// The state index filtered queries read (absent with `state_index: false`); its follower
     /// task runs until the host is dropped.
     pub index: Option<Arc<StateIndex>>,
+    /// JWT authentication of the gateway (when `jwt` is configured), keys loaded.
+    pub auth: Option<Arc<crate::api::auth::Authenticator>>,
     /// Dropping it stops the index follower.
     _stop: tokio::sync::watch::Sender<()>,
 }
@@ -53,6 +55,12 @@ impl Host {
     /// `nats_connect: fail-fast`, also NATS).
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         use anyhow::Context;
+        let auth = config
+            .jwt
+            .as_ref()
+            .map(crate::api::auth::Authenticator::load)
+            .transpose()?
+            .map(Arc::new);
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("create data_dir {}", dir.display()))?;
@@ -199,6 +207,7 @@ impl Host {
             breaker,
             cluster,
             index,
+            auth,
             _stop: stop,
         })
     }

@@ -93,6 +93,7 @@ pub struct Client {
     admin: String,
     token: Option<String>,
     tenant: Option<String>,
+    gateway_token: Option<String>,
 }
 
 impl Client {
@@ -108,6 +109,7 @@ impl Client {
             admin: trim(admin.into()),
             token: None,
             tenant: None,
+            gateway_token: None,
         }
     }
 
@@ -120,6 +122,12 @@ impl Client {
     /// Act as this tenant (`x-tenant-id`).
     pub fn with_tenant(mut self, tenant: Option<String>) -> Self {
         self.tenant = tenant;
+        self
+    }
+
+    /// Send this JWT as `Authorization: Bearer` on gateway requests.
+    pub fn with_gateway_token(mut self, token: Option<String>) -> Self {
+        self.gateway_token = token;
         self
     }
 
@@ -139,9 +147,12 @@ impl Client {
     }
 
     fn gw(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.gateway));
-        match &self.tenant {
-            Some(t) => r.header("x-tenant-id", t),
+        let mut r = self.http.request(method, format!("{}{path}", self.gateway));
+        if let Some(t) = &self.tenant {
+            r = r.header("x-tenant-id", t);
+        }
+        match &self.gateway_token {
+            Some(t) => r.bearer_auth(t),
             None => r,
         }
     }

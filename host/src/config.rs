@@ -1,6 +1,7 @@
 //! Host configuration: defaults → YAML file → `AGGREGATE_*` environment variables, validated at
 //! start with messages that name the bad field.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -142,6 +143,78 @@ pub struct Config {
     /// How long a query waits for the state index to reach the log position it must reflect,
     /// in milliseconds; then it answers 503. Default 5000.
     pub query_wait_ms: u64,
+    /// JWT authentication of the gateway (off when absent). Set in the file as a `jwt:` map,
+    /// or by any `AGGREGATE_JWT_*` variable.
+    pub jwt: Option<JwtConfig>,
+    /// Per-tenant quotas (none by default).
+    pub quotas: QuotaConfig,
+}
+
+/// JWT authentication of gateway requests (see [`crate::api::auth`]). Exactly one key source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// A file holding the HS256 shared secret (at least 32 bytes; surrounding whitespace is
+    /// ignored). `AGGREGATE_JWT_HS256_SECRET_FILE`.
+    pub hs256_secret_file: Option<PathBuf>,
+    /// A PEM public key: RSA (RS256/384/512) or EC P-256 (ES256) / P-384 (ES384).
+    /// `AGGREGATE_JWT_PUBLIC_KEY_FILE`.
+    pub public_key_file: Option<PathBuf>,
+    /// A JWKS file (RFC 7517) of RSA and EC keys; a token's `kid` picks the key.
+    /// `AGGREGATE_JWT_JWKS_FILE`.
+    pub jwks_file: Option<PathBuf>,
+    /// The required `iss`. `AGGREGATE_JWT_ISSUER`.
+    pub issuer: Option<String>,
+    /// The required `aud` (one of the token's audiences). `AGGREGATE_JWT_AUDIENCE`.
+    pub audience: Option<String>,
+    /// The claim naming the tenant; default `tenant_id`. `AGGREGATE_JWT_TENANT_CLAIM`.
+    pub tenant_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds; default 30.
+    /// `AGGREGATE_JWT_LEEWAY_SECS`.
+    pub leeway_secs: u64,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret_file: None,
+            public_key_file: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            tenant_claim: "tenant_id".into(),
+            leeway_secs: 30,
+        }
+    }
+}
+
+/// Per-tenant quotas: a default for every tenant and overrides per tenant. 0 means unlimited.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Commands a tenant may send per second, on average (a token bucket's refill rate);
+    /// 0 = unlimited (the default). `AGGREGATE_QUOTA_COMMANDS_PER_SEC`.
+    pub commands_per_sec: f64,
+    /// Commands a tenant may send at once (the bucket's size); 0 = `commands_per_sec` rounded
+    /// up. `AGGREGATE_QUOTA_BURST`.
+    pub burst: u32,
+    /// Aggregates a tenant may have (each created by its first command); 0 = unlimited.
+    /// `AGGREGATE_QUOTA_MAX_AGGREGATES`.
+    pub max_aggregates: u64,
+    /// Overrides per tenant (file only); a field left out takes the default above.
+    pub tenants: BTreeMap<TenantId, TenantQuota>,
+}
+
+/// One tenant's quota overrides.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantQuota {
+    /// See [`QuotaConfig::commands_per_sec`].
+    pub commands_per_sec: Option<f64>,
+    /// See [`QuotaConfig::burst`].
+    pub burst: Option<u32>,
+    /// See [`QuotaConfig::max_aggregates`].
+    pub max_aggregates: Option<u64>,
 }
 
 /// What the host does when NATS cannot be reached at start.
@@ -208,6 +281,8 @@ impl Default for Config {
             max_streams: 4096,
             state_index: true,
             query_wait_ms: 5000,
+            jwt: None,
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -344,6 +419,24 @@ impl Config {
             "MAX_STREAMS" => self.max_streams = num(key, &v)?,
             "STATE_INDEX" => self.state_index = flag(key, &v)?,
             "QUERY_WAIT_MS" => self.query_wait_ms = num(key, &v)?,
+            "QUOTA_COMMANDS_PER_SEC" => self.quotas.commands_per_sec = num(key, &v)?,
+            "QUOTA_BURST" => self.quotas.burst = num(key, &v)?,
+            "QUOTA_MAX_AGGREGATES" => self.quotas.max_aggregates = num(key, &v)?,
+            jwt if jwt.starts_with("JWT_") => {
+                let path = || (!v.trim().is_empty()).then(|| PathBuf::from(v.trim()));
+                let text = || (!v.trim().is_empty()).then(|| v.trim().to_string());
+                let j = self.jwt.get_or_insert_with(JwtConfig::default);
+                match &jwt[4..] {
+                    "HS256_SECRET_FILE" => j.hs256_secret_file = path(),
+                    "PUBLIC_KEY_FILE" => j.public_key_file = path(),
+                    "JWKS_FILE" => j.jwks_file = path(),
+                    "ISSUER" => j.issuer = text(),
+                    "AUDIENCE" => j.audience = text(),
+                    "TENANT_CLAIM" => j.tenant_claim = v.trim().to_string(),
+                    "LEEWAY_SECS" => j.leeway_secs = num(key, &v)?,
+                    _ => return Err(err(key, "unknown JWT setting")),
+                }
+            }
             // Variables of later features and of the logging setup are not ours to refuse.
             _ => {}
         }
@@ -556,6 +649,53 @@ impl Config {
                 format!("{} is outside 1..=600000", self.query_wait_ms),
             ));
         }
+        if let Some(j) = &self.jwt {
+            let sources = [&j.hs256_secret_file, &j.public_key_file, &j.jwks_file]
+                .iter()
+                .filter(|s| s.is_some())
+                .count();
+            if sources != 1 {
+                return Err(err(
+                    "jwt",
+                    format!(
+                        "set exactly one of hs256_secret_file, public_key_file, jwks_file (found {sources})"
+                    ),
+                ));
+            }
+            for (field, value) in [("jwt.issuer", &j.issuer), ("jwt.audience", &j.audience)] {
+                if value.as_deref().is_none_or(str::is_empty) {
+                    return Err(err(field, "required when JWT authentication is on"));
+                }
+            }
+            if j.tenant_claim.is_empty() || j.tenant_claim.len() > 128 {
+                return Err(err("jwt.tenant_claim", "must be 1 to 128 characters"));
+            }
+            if j.leeway_secs > 600 {
+                return Err(err(
+                    "jwt.leeway_secs",
+                    format!("{} is above 600", j.leeway_secs),
+                ));
+            }
+        }
+        let rates = std::iter::once((
+            "quotas.commands_per_sec".to_string(),
+            self.quotas.commands_per_sec,
+        ))
+        .chain(self.quotas.tenants.iter().filter_map(|(t, q)| {
+            q.commands_per_sec
+                .map(|r| (format!("quotas.tenants.{}.commands_per_sec", t.as_str()), r))
+        }));
+        for (field, rate) in rates {
+            if !rate.is_finite() || !(0.0..=1_000_000.0).contains(&rate) {
+                return Err(err(field, format!("{rate} is outside 0..=1000000")));
+            }
+        }
+        if self.quotas.tenants.keys().any(TenantId::is_single) {
+            return Err(err(
+                "quotas.tenants",
+                "must not contain the empty (single-tenant) id",
+            ));
+        }
         if self.max_command_bytes < 64 {
             return Err(err(
                 "max_command_bytes",
@@ -698,6 +838,56 @@ mod tests {
         assert_eq!(e.field, "host_ttl_ms");
         let e = Config::load(None, env(&[("AGGREGATE_ADVERTISE_ADMIN", "host:9090")])).unwrap_err();
         assert_eq!(e.field, "advertise_admin");
+    }
+
+    #[test]
+    fn jwt_and_quota_settings_are_read_and_checked() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("AGGREGATE_JWT_PUBLIC_KEY_FILE", "/keys/pub.pem"),
+                ("AGGREGATE_JWT_ISSUER", "https://issuer"),
+                ("AGGREGATE_JWT_AUDIENCE", "orders"),
+                ("AGGREGATE_QUOTA_COMMANDS_PER_SEC", "2.5"),
+                ("AGGREGATE_QUOTA_MAX_AGGREGATES", "100"),
+            ]),
+        )
+        .unwrap();
+        let j = c.jwt.unwrap();
+        assert_eq!(j.public_key_file, Some(PathBuf::from("/keys/pub.pem")));
+        assert_eq!((j.tenant_claim.as_str(), j.leeway_secs), ("tenant_id", 30));
+        assert_eq!(
+            (c.quotas.commands_per_sec, c.quotas.max_aggregates),
+            (2.5, 100)
+        );
+        let e = Config::load(None, env(&[("AGGREGATE_JWT_ISSUER", "x")])).unwrap_err();
+        assert!(e.field == "jwt" && e.reason.contains("found 0"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[
+                ("AGGREGATE_JWT_JWKS_FILE", "/k.json"),
+                ("AGGREGATE_JWT_ISSUER", "x"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "jwt.audience");
+        let e = Config::load(None, env(&[("AGGREGATE_JWT_SECRET", "x")])).unwrap_err();
+        assert_eq!(e.field, "AGGREGATE_JWT_SECRET");
+        let e =
+            Config::load(None, env(&[("AGGREGATE_QUOTA_COMMANDS_PER_SEC", "NaN")])).unwrap_err();
+        assert_eq!(e.field, "quotas.commands_per_sec");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("host.yaml");
+        std::fs::write(
+            &f,
+            "quotas:\n  tenants:\n    acme:\n      commands_per_sec: -1\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&f), env(&[])).unwrap_err();
+        assert_eq!(e.field, "quotas.tenants.acme.commands_per_sec");
+        std::fs::write(&f, "quotas:\n  tenants:\n    acme:\n      rate: 1\n").unwrap();
+        let e = Config::load(Some(&f), env(&[])).unwrap_err();
+        assert!(e.reason.contains("unknown field `rate`"), "{e}");
     }
 
     #[test]

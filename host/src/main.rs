@@ -42,6 +42,9 @@ struct Remote {
     /// Tenant (`x-tenant-id`) of gateway requests.
     #[arg(long, env = "AGGREGATE_TENANT")]
     tenant: Option<String>,
+    /// JWT sent as `Authorization: Bearer` on gateway requests (a host with `jwt` configured).
+    #[arg(long, env = "AGGREGATE_GATEWAY_TOKEN", hide_env_values = true)]
+    gateway_token: Option<String>,
 }
 
 impl Remote {
@@ -49,6 +52,7 @@ impl Remote {
         Client::new(self.gateway, self.admin)
             .with_token(self.token)
             .with_tenant(self.tenant)
+            .with_gateway_token(self.gateway_token)
     }
 }
 

@@ -169,6 +169,7 @@ fn submit(target: &AggregateRef, command_type: &str, payload: serde_json::Value)
             correlation_id: Some("corr-1".into()),
             traceparent: None,
             host: None,
+            actor: None,
         },
     }
 }

@@ -117,6 +117,7 @@ fn event(aggregate: &AggregateRef, version: u64, command: CommandId, n: usize) -
             correlation_id: Some("corr-1".into()),
             traceparent: None,
             host: None,
+            actor: None,
         },
         component: ComponentHash::of(b"test component"),
         recorded_at: chrono::Utc::now(),

@@ -23,4 +23,5 @@ mod read_side;
 mod scaffold;
 mod shutdown;
 mod story;
+mod tenancy;
 mod upload_limits;

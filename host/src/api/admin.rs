@@ -466,9 +466,20 @@ async fn tenants(State(st): State<AppState>) -> Result<Response, ApiError> {
                 .map(|a| a.len())
                 .ok();
         let owner = st.0.cluster.as_ref().map(|c| c.owner_of(&t.tenant));
+        let usage = st.0.quotas.report(&t.tenant);
+        let commands = st.0.metrics.tenant_commands(&t.tenant);
         let mut row = json!({
             "tenant_id": t.tenant.as_str(),
             "aggregates": aggregates,
+            "usage": {
+                "commands": commands,
+                "quota_refusals": usage.quota_refusals,
+            },
+            "quotas": {
+                "commands_per_sec": usage.limits.commands_per_sec,
+                "burst": usage.limits.burst,
+                "max_aggregates": usage.limits.max_aggregates,
+            },
             "in_flight": t.in_flight,
             // Cluster mode: a released tenant (a drain of one tenant) counts as draining here.
             "draining": t.draining
@@ -666,6 +677,7 @@ async fn index(State(st): State<AppState>) -> Result<Response, ApiError> {
 /// `GET /metrics` (Prometheus text format).
 async fn metrics(State(st): State<AppState>) -> Response {
     st.0.metrics.sync_runtime(&st.0.runtime.stats());
+    st.0.metrics.sync_tenant_aggregates(&st.0.quotas.counted());
     st.0.metrics.sync_process(
         tokio::runtime::Handle::current()
             .metrics()

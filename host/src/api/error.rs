@@ -63,7 +63,9 @@ problem_types! {
     InvalidCommand = "invalid-command", 400, "Invalid command",
         "The aggregate found the command malformed (the guest's `invalid` answer, in `detail`).";
     Unauthorized = "unauthorized", 401, "Unauthorized",
-        "The admin API needs `Authorization: Bearer <token>`; it is missing or wrong.";
+        "The admin API needs `Authorization: Bearer <token>`; it is missing or wrong. With JWT authentication on (`jwt`), so does the gateway: `reason` says what is wrong with the token (missing, malformed, expired, not-yet-valid, bad-signature, wrong-algorithm, unknown-key, wrong-audience, wrong-issuer, claim).";
+    TenantMismatch = "tenant-mismatch", 403, "Tenant mismatch",
+        "The `x-tenant-id` header names another tenant than the token's tenant claim (`header`, `claim`); leave the header out or make it agree.";
     TenantDenied = "tenant-denied", 403, "Tenant denied",
         "The tenant is not hosted here, or may not act on the aggregate.";
     NotFound = "not-found", 404, "Not found",
@@ -110,6 +112,8 @@ problem_types! {
         "The aggregate never had the version asked for (`?version=N` above its current version, or 0), or had no events yet at the `?at=` time.";
     TooManyStreams = "too-many-streams", 429, "Too many event streams",
         "The tenant (or the host) has as many event streams open as it may (`scope`: tenant or host; `limit`); close one first.";
+    QuotaExceeded = "quota-exceeded", 429, "Quota exceeded",
+        "A quota of the tenant refused the command (`quota`: rate — commands per second, retry after `Retry-After` seconds —, or aggregates — the tenant has `limit` aggregates and the command would create another); `limit` is the bound.";
     QueryUnavailable = "query-unavailable", 503, "Query unavailable",
         "A state query could not run now: the state index did not reach the log position the query must reflect within `query_wait_ms` (it is catching up), or the host already evaluates as many queries as it may; retry.";
 }
@@ -162,6 +166,29 @@ pub enum ApiError {
     /// Admin API without a valid bearer token.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Gateway with JWT on: the token is missing or refused.
+    #[error("{0}")]
+    Token(#[from] super::auth::TokenError),
+    /// `x-tenant-id` disagrees with the token's tenant claim.
+    #[error("x-tenant-id {header:?} is not the token's tenant {claim:?}")]
+    TenantMismatch {
+        /// The header's value.
+        header: String,
+        /// The claim's tenant.
+        claim: String,
+    },
+    /// A quota of the tenant refused the command.
+    #[error("tenant `{}` is over its {} quota ({limit})", .tenant.as_str(), .quota.as_str())]
+    QuotaExceeded {
+        /// The tenant.
+        tenant: TenantId,
+        /// Which quota.
+        quota: super::quota::Quota,
+        /// The bound (commands per second, or aggregates).
+        limit: Value,
+        /// When to retry (the rate quota; whole seconds).
+        retry_after: Option<std::time::Duration>,
+    },
     /// No route.
     #[error("no route for {0}")]
     NoRoute(String),
@@ -390,6 +417,23 @@ impl ApiError {
                 Problem::new(P::TenantDenied, self.to_string()).with("tenant_id", t.as_str())
             }
             ApiError::Unauthorized(m) => Problem::new(P::Unauthorized, *m),
+            ApiError::Token(t) => {
+                Problem::new(P::Unauthorized, t.to_string()).with("reason", t.reason())
+            }
+            ApiError::TenantMismatch { header, claim } => {
+                Problem::new(P::TenantMismatch, self.to_string())
+                    .with("header", header.as_str())
+                    .with("claim", claim.as_str())
+            }
+            ApiError::QuotaExceeded {
+                tenant,
+                quota,
+                limit,
+                ..
+            } => Problem::new(P::QuotaExceeded, self.to_string())
+                .with("tenant_id", tenant.as_str())
+                .with("quota", quota.as_str())
+                .with("limit", limit.clone()),
             ApiError::NoRoute(_) => Problem::new(P::NotFound, self.to_string()),
             ApiError::MethodNotAllowed(_) => Problem::new(P::MethodNotAllowed, self.to_string()),
             ApiError::PayloadTooLarge { limit, .. } => {
@@ -455,10 +499,25 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         match p.kind {
             ProblemType::Unauthorized => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"aggregate-host admin\""),
-                );
+                let value = match &self {
+                    ApiError::Token(_) => {
+                        "Bearer realm=\"aggregate-host\", error=\"invalid_token\""
+                    }
+                    _ => "Bearer realm=\"aggregate-host admin\"",
+                };
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
+            }
+            ProblemType::QuotaExceeded => {
+                if let ApiError::QuotaExceeded {
+                    retry_after: Some(wait),
+                    ..
+                } = &self
+                {
+                    headers.insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(wait.as_secs().max(1)),
+                    );
+                }
             }
             ProblemType::Unavailable
             | ProblemType::QueryUnavailable

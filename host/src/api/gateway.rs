@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +14,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::auth::Principal;
+use super::quota::Quota;
 use super::{ApiError, AppState, ProblemType, Routes};
 use crate::service::{PastPoint, ServiceError, ServiceObserver, Submit};
 use crate::store::FeedFilter;
@@ -114,6 +116,7 @@ fn metadata(headers: &HeaderMap) -> Result<CommandMetadata, ApiError> {
         correlation_id,
         traceparent,
         host: None,
+        actor: None,
     })
 }
 
@@ -172,11 +175,13 @@ fn record_limit_breach(state: &AppState, target: &AggregateRef, e: &ServiceError
 async fn submit(
     State(st): State<AppState>,
     path: Result<Path<(String, String, String)>, PathRejection>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut body = Some(body);
-    let answer = run_command(st.clone(), path, headers, &mut body).await;
+    let actor = principal.and_then(|Extension(p)| p.actor);
+    let answer = run_command(st.clone(), path, headers, actor, &mut body).await;
     if let Some(unread) = body {
         tokio::spawn(super::body::discard(unread, st.0.config.max_command_bytes));
     }
@@ -188,12 +193,16 @@ async fn run_command(
     st: AppState,
     path: Result<Path<(String, String, String)>, PathRejection>,
     headers: HeaderMap,
+    actor: Option<String>,
     body: &mut Option<Body>,
 ) -> Result<Response, ApiError> {
     let Path((ty, id, command_type)) = path.map_err(path_error)?;
     let tenant = st.0.tenants.resolve(&headers)?;
     let target = aggregate(&tenant, &ty, &id)?;
     let started = Instant::now();
+    if let Err(wait) = st.0.quotas.take(&tenant) {
+        return Err(st.quota_refused(&target, started, Quota::Rate, Some(wait)));
+    }
     let refused = |e: ApiError| {
         let label = match &e {
             ApiError::Service(s) => outcome_label(s),
@@ -228,8 +237,9 @@ async fn run_command(
         })
         .map_err(&refused)?;
     let mut metadata = metadata(&headers).map_err(&refused)?;
-    // Every event records the host that wrote it.
+    // Every event records the host that wrote it, and who sent the command (JWT `sub`).
     metadata.host = st.0.cluster.as_ref().map(|c| c.host_id().to_string());
+    metadata.actor = actor;
     let limit = st.0.config.max_command_bytes;
     let body = body.take().expect("the body is read once");
     let body = super::body::read(body, limit, "command body")
@@ -251,6 +261,10 @@ async fn run_command(
         json
     };
     let in_flight = st.0.tenants.admit(&tenant).map_err(&refused)?;
+    st.0.quotas.wait_counted(&tenant).await;
+    if st.0.quotas.bounds_aggregates(&tenant) {
+        st.check_aggregate_quota(&target, started).await?;
+    }
 
     // The command runs on its own task: a client that hangs up does not cancel it half-way, and
     // drain and shutdown wait for it through `in_flight`.
@@ -268,8 +282,12 @@ async fn run_command(
             st.0.service
                 .submit_expecting(&target.tenant, submit, expected)
                 .await;
-        if r.is_ok() {
+        if let Ok(o) = &r {
             st.tenant_accepted(&target.tenant);
+            // The first events of an aggregate start at version 1.
+            let created =
+                !o.duplicate && !o.events.is_empty() && o.version.0 == o.events.len() as u64;
+            st.count_accepted(&target.tenant, created);
         }
         let label = match &r {
             Ok(o) if o.duplicate => CommandOutcomeLabel::Duplicate,

@@ -19,10 +19,12 @@
 //! ```
 
 mod admin;
+pub mod auth;
 mod body;
 pub mod error;
 mod forward;
 mod gateway;
+pub mod quota;
 mod server;
 pub mod tenants;
 
@@ -69,6 +71,9 @@ struct Shared {
     queries: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     tenants: Tenants,
+    /// JWT authentication of the gateway (when configured).
+    auth: Option<Arc<auth::Authenticator>>,
+    quotas: quota::Quotas,
     shutdown: tokio::sync::watch::Sender<bool>,
     listeners_closed: tokio::sync::watch::Sender<bool>,
     openapi: bytes::Bytes,
@@ -94,6 +99,8 @@ impl AppState {
         }
         Self(Arc::new(Shared {
             tenants: Tenants::new(config.multi_tenant, config.tenants.clone()),
+            auth: host.auth.clone(),
+            quotas: quota::Quotas::new(config.quotas.clone()),
             config,
             service: host.service.clone(),
             registry: host.registry.clone(),
@@ -123,6 +130,82 @@ impl AppState {
     fn tenant_accepted(&self, tenant: &crate::types::TenantId) {
         self.0.metrics.know_tenant(tenant);
         self.0.tenants.accepted(tenant);
+    }
+
+    /// A quota refused a command of `target`: count it (metrics, usage) and build the answer.
+    fn quota_refused(
+        &self,
+        target: &crate::types::AggregateRef,
+        started: Instant,
+        quota: quota::Quota,
+        retry_after: Option<std::time::Duration>,
+    ) -> ApiError {
+        let tenant = &target.tenant;
+        self.0.quotas.refused(tenant);
+        self.0.metrics.quota_refusal(tenant, quota.as_str());
+        self.0.metrics.command(
+            self.type_label(&target.aggregate_type),
+            tenant,
+            crate::telemetry::CommandOutcomeLabel::Refused,
+            started.elapsed(),
+        );
+        let limits = self.0.quotas.limits(tenant);
+        let limit = match quota {
+            quota::Quota::Rate => serde_json::json!(limits.commands_per_sec),
+            quota::Quota::Aggregates => serde_json::json!(limits.max_aggregates),
+        };
+        tracing::info!(tenant_id = tenant.as_str(), quota = quota.as_str(), %limit, "command refused by a quota");
+        ApiError::QuotaExceeded {
+            tenant: tenant.clone(),
+            quota,
+            limit,
+            retry_after,
+        }
+    }
+
+    /// Refuse a command that would create an aggregate of a tenant at its aggregate bound.
+    async fn check_aggregate_quota(
+        &self,
+        target: &crate::types::AggregateRef,
+        started: Instant,
+    ) -> Result<(), ApiError> {
+        use crate::service::ServiceError;
+        let tenant = &target.tenant;
+        let log = self.0.service.log();
+        let count = match self.0.quotas.aggregates(tenant) {
+            Some(n) => n,
+            None => log
+                .list_aggregates(tenant)
+                .await
+                .map_err(ServiceError::from)?
+                .len() as u64,
+        };
+        if self.0.quotas.may_create(tenant, count) {
+            return Ok(());
+        }
+        // At the bound, an aggregate that exists still takes commands.
+        if log.version(target).await.map_err(ServiceError::from)?.0 > 0 {
+            return Ok(());
+        }
+        Err(self.quota_refused(target, started, quota::Quota::Aggregates, None))
+    }
+
+    /// Count an accepted command of `tenant` (`created`: it created its aggregate); the
+    /// tenant's aggregates are counted from the log once, in the background.
+    fn count_accepted(&self, tenant: &crate::types::TenantId, created: bool) {
+        if !self.0.quotas.accepted(tenant, created) {
+            return;
+        }
+        let (st, tenant) = (self.clone(), tenant.clone());
+        tokio::spawn(async move {
+            match st.0.service.log().list_aggregates(&tenant).await {
+                Ok(list) => st.0.quotas.record_count(&tenant, list.len() as u64),
+                Err(e) => {
+                    tracing::debug!(tenant_id = tenant.as_str(), error = %e, "aggregates not counted; retried on the next command");
+                    st.0.quotas.count_failed(&tenant);
+                }
+            }
+        });
     }
 
     /// The `aggregate_type` label of `ty`: itself when deployed, else a fixed marker.
@@ -229,6 +312,10 @@ pub fn gateway(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            auth::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             log_requests::<true>,
         ))
         .with_state(state)
@@ -262,7 +349,7 @@ const UNROUTED_BODY_DRAIN: usize = 1 << 20;
 
 /// Read a refused request's body to the end after the answer, so that a keep-alive client still
 /// sending it keeps its connection (hyper closes one whose body was dropped unread).
-fn drain_after_answer(request: Request) {
+pub(crate) fn drain_after_answer(request: Request) {
     tokio::spawn(body::discard(request.into_body(), UNROUTED_BODY_DRAIN));
 }
 

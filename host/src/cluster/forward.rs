@@ -32,8 +32,10 @@ pub const H_PATH: &str = "Aggregate-Path";
 /// NATS header: the HTTP status of the answer.
 pub const H_STATUS: &str = "Aggregate-Status";
 /// HTTP headers carried to the owner.
-pub const FORWARDED_HTTP_HEADERS: [&str; 7] = [
+pub const FORWARDED_HTTP_HEADERS: [&str; 8] = [
     "x-tenant-id",
+    // With JWT on, the owner checks the token again (and takes the actor from it).
+    "authorization",
     "x-command-id",
     "x-correlation-id",
     "traceparent",

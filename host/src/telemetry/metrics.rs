@@ -10,6 +10,8 @@
 //! | `aggregate_hot_cache_total` | counter | `aggregate_type`, `tenant_id`, `result` (`hit`/`miss`) |
 //! | `aggregate_limit_breaches_total` | counter | `aggregate_type`, `tenant_id`, `kind` |
 //! | `aggregate_tenant_errors_total` | counter | `tenant_id`, `problem` |
+//! | `aggregate_tenant_quota_refusals_total` | counter | `tenant_id`, `quota` (`rate`/`aggregates`) |
+//! | `aggregate_tenant_aggregates` | gauge | `tenant_id` |
 //! | `aggregate_foreign_state_rebuilds_total` | counter | `aggregate_type` |
 //! | `aggregate_component_compile_duration_seconds` | histogram | — |
 //! | `aggregate_component_deploys_total` | counter | `aggregate_type`, `outcome` |
@@ -111,6 +113,8 @@ pub struct Metrics {
     hot_cache: IntCounterVec,
     limit_breaches: IntCounterVec,
     tenant_errors: IntCounterVec,
+    quota_refusals: IntCounterVec,
+    tenant_aggregates: IntGaugeVec,
     foreign_rebuilds: IntCounterVec,
     compile: Histogram,
     deploys: IntCounterVec,
@@ -192,6 +196,22 @@ impl Metrics {
             "Gateway requests answered with an error, by tenant and problem type.",
             &["tenant_id", "problem"],
         );
+        let quota_refusals = counter(
+            "aggregate_tenant_quota_refusals_total",
+            "Commands refused by a tenant quota, by tenant and quota (rate or aggregates).",
+            &["tenant_id", "quota"],
+        );
+        let tenant_aggregates = IntGaugeVec::new(
+            Opts::new(
+                "aggregate_tenant_aggregates",
+                "Aggregates of each tenant with accepted work on this host (counted from the event log once, then by the commands that create one).",
+            ),
+            &["tenant_id"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(tenant_aggregates.clone()))
+            .expect("unique metric");
         let foreign_rebuilds = counter(
             "aggregate_foreign_state_rebuilds_total",
             "States built by another component (snapshot or hot cache) that the active component failed on, rebuilt from the events.",
@@ -261,6 +281,8 @@ impl Metrics {
             hot_cache,
             limit_breaches,
             tenant_errors,
+            quota_refusals,
+            tenant_aggregates,
             foreign_rebuilds,
             compile,
             deploys,
@@ -319,6 +341,44 @@ impl Metrics {
         self.command_duration
             .with_label_values(&[ty, t])
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Commands of `tenant` counted so far (every outcome, every aggregate type); 0 for a tenant
+    /// that is not its own label.
+    pub fn tenant_commands(&self, tenant: &TenantId) -> u64 {
+        let label = self.tenant_label(tenant);
+        if label == OTHER_TENANT_LABEL {
+            return 0;
+        }
+        prometheus::core::Collector::collect(&self.commands)
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "tenant_id" && l.value() == label)
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// Count a command of `tenant` refused by its `quota` (`rate` or `aggregates`).
+    pub fn quota_refusal(&self, tenant: &TenantId, quota: &str) {
+        self.quota_refusals
+            .with_label_values(&[self.tenant_label(tenant), quota])
+            .inc();
+    }
+
+    /// Set the aggregate count of each tenant with accepted work.
+    pub fn sync_tenant_aggregates(&self, counts: &[(TenantId, u64)]) {
+        for (tenant, n) in counts {
+            let label = self.tenant_label(tenant);
+            if label != OTHER_TENANT_LABEL {
+                self.tenant_aggregates
+                    .with_label_values(&[label])
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// Count a limit breach of kind `kind` (`fuel`, `memory`, `timeout`, ...).

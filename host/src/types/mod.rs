@@ -429,6 +429,9 @@ pub struct CommandMetadata {
     /// The host that ran the command and wrote its events (cluster mode: its host id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Who sent the command: the `sub` of its JWT (with JWT authentication on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
 
 /// A command on its way to an aggregate.

@@ -1,0 +1,421 @@
+//! Tenancy over HTTP: JWT authentication of the gateway (real RS256 and HS256 tokens), the
+//! tenant taken from the token's claim, the actor in the events' metadata, and per-tenant
+//! quotas (rate with `Retry-After`, number of aggregates) with their usage in `/metrics` and
+//! `/admin/tenants`.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aggregate_host::client::Client;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::support::{deploy, new_id, problem, Backend, Env};
+
+crate::on_both_logs!(jwt_authenticates_the_gateway);
+crate::on_both_logs!(quotas_refuse_a_tenant_over_its_bounds);
+
+const ISSUER: &str = "https://issuer.example";
+const AUDIENCE: &str = "aggregate-host";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/e2e/fixtures/jwt")
+        .join(name)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims that pass every check; tests change one at a time.
+fn claims(tenant: Option<&str>, sub: &str) -> Value {
+    let mut c = json!({
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": sub,
+        "exp": now() + 600,
+        "iat": now(),
+    });
+    if let Some(t) = tenant {
+        c["tenant_id"] = json!(t);
+    }
+    c
+}
+
+fn rs256(private_pem: &str, claims: &Value) -> String {
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture(private_pem)).unwrap()).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::RS256), claims, &key).unwrap()
+}
+
+fn hs256(secret: &[u8], claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn as_caller(host: &crate::support::HostProcess, token: Option<String>) -> Client {
+    host.client().with_gateway_token(token)
+}
+
+async fn jwt_authenticates_the_gateway(backend: Backend) {
+    let Some(env) = Env::new(backend, "e2e JWT on JetStream") else {
+        return;
+    };
+    let public = fixture("rs256-public.pem").display().to_string();
+    let host = env.start(&[
+        ("AGGREGATE_MULTI_TENANT", "true"),
+        ("AGGREGATE_JWT_PUBLIC_KEY_FILE", &public),
+        ("AGGREGATE_JWT_ISSUER", ISSUER),
+        ("AGGREGATE_JWT_AUDIENCE", AUDIENCE),
+    ]);
+    deploy(
+        &host.client(),
+        "bank-account",
+        example_artifacts::BANK_ACCOUNT,
+    )
+    .await;
+    let id = new_id();
+    let open = json!({"owner": "Ada"});
+
+    // A valid token, no x-tenant-id: the claim's tenant is used.
+    let alice = as_caller(
+        &host,
+        Some(rs256("rs256-private.pem", &claims(Some("acme"), "alice"))),
+    );
+    let answer = alice
+        .send("bank-account", &id, "open", &open)
+        .await
+        .unwrap();
+    assert_eq!(answer["version"], 1);
+    let state = host
+        .tenant("acme")
+        .with_gateway_token(Some(rs256(
+            "rs256-private.pem",
+            &claims(Some("acme"), "alice"),
+        )))
+        .state("bank-account", &id)
+        .await
+        .unwrap();
+    assert_eq!(state["state"]["owner"], "Ada", "{state}");
+    // The actor is in the events' metadata.
+    let events = alice.events("bank-account", &id, 0, 100).await.unwrap();
+    assert_eq!(
+        events["events"][0]["metadata"]["actor"], "alice",
+        "{events}"
+    );
+    // Another tenant's token does not see acme's aggregate.
+    let bob = as_caller(
+        &host,
+        Some(rs256("rs256-private.pem", &claims(Some("globex"), "bob"))),
+    );
+    problem(
+        bob.state("bank-account", &id).await,
+        404,
+        "unknown-aggregate",
+    );
+
+    // Refusals, each with its own message.
+    let mut expired = claims(Some("acme"), "alice");
+    expired["exp"] = json!(now() - 3600);
+    let mut wrong_audience = claims(Some("acme"), "alice");
+    wrong_audience["aud"] = json!("someone-else");
+    let cases = [
+        ("missing", None),
+        ("expired", Some(rs256("rs256-private.pem", &expired))),
+        (
+            "bad-signature",
+            Some(rs256(
+                "other-rs256-private.pem",
+                &claims(Some("acme"), "alice"),
+            )),
+        ),
+        (
+            "wrong-audience",
+            Some(rs256("rs256-private.pem", &wrong_audience)),
+        ),
+        ("malformed", Some("not.a.token".to_string())),
+        // A multi-tenant host takes the tenant from the token only.
+        (
+            "claim",
+            Some(rs256("rs256-private.pem", &claims(None, "alice"))),
+        ),
+    ];
+    let mut details = std::collections::HashSet::new();
+    for (reason, token) in cases {
+        let r = as_caller(&host, token)
+            .send("bank-account", &new_id(), "open", &open)
+            .await;
+        let p = problem(r, 401, "unauthorized");
+        assert_eq!(p["reason"], reason, "{p}");
+        assert!(
+            details.insert(p["detail"].as_str().unwrap().to_string()),
+            "{p}"
+        );
+    }
+    // The WWW-Authenticate header names the gateway's realm.
+    let raw = reqwest::Client::new()
+        .get(format!("{}/aggregates/bank-account/{id}", host.gateway))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 401);
+    assert!(raw.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("invalid_token"));
+    // Header and claim disagree: 403, and nothing is written.
+    let p = problem(
+        host.tenant("globex")
+            .with_gateway_token(Some(rs256(
+                "rs256-private.pem",
+                &claims(Some("acme"), "alice"),
+            )))
+            .send("bank-account", &id, "deposit", &json!({"amount": 5}))
+            .await,
+        403,
+        "tenant-mismatch",
+    );
+    assert_eq!(
+        (p["header"].as_str(), p["claim"].as_str()),
+        (Some("globex"), Some("acme"))
+    );
+    // Header and claim agree: accepted.
+    let answer = host
+        .tenant("acme")
+        .with_gateway_token(Some(rs256(
+            "rs256-private.pem",
+            &claims(Some("acme"), "carol"),
+        )))
+        .send("bank-account", &id, "deposit", &json!({"amount": 5}))
+        .await
+        .unwrap();
+    assert_eq!(answer["version"], 2, "the refused deposit wrote nothing");
+    let events = alice.events("bank-account", &id, 0, 100).await.unwrap();
+    assert_eq!(
+        events["events"][1]["metadata"]["actor"], "carol",
+        "{events}"
+    );
+    // The API document needs no token.
+    reqwest::Client::new()
+        .get(format!("{}/openapi.json", host.gateway))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+
+    // HS256 on a single-tenant host: a valid token passes, one signed with another secret not.
+    drop(host);
+    let secret = env.dir.path().join("hs256.secret");
+    let key = b"a shared secret of at least thirty-two bytes";
+    std::fs::write(&secret, key).unwrap();
+    let hs = env.start_in(
+        &env.dir.path().join("hs"),
+        &[
+            (
+                "AGGREGATE_JWT_HS256_SECRET_FILE",
+                &secret.display().to_string(),
+            ),
+            ("AGGREGATE_JWT_ISSUER", ISSUER),
+            ("AGGREGATE_JWT_AUDIENCE", AUDIENCE),
+        ],
+    );
+    deploy(
+        &hs.client(),
+        "bank-account",
+        example_artifacts::BANK_ACCOUNT,
+    )
+    .await;
+    let id = new_id();
+    let answer = as_caller(&hs, Some(hs256(key, &claims(None, "dave"))))
+        .send("bank-account", &id, "open", &open)
+        .await
+        .unwrap();
+    assert_eq!(answer["events"][0]["metadata"]["actor"], "dave", "{answer}");
+    let p = problem(
+        as_caller(
+            &hs,
+            Some(hs256(
+                b"another secret of at least thirty-two bytes",
+                &claims(None, "dave"),
+            )),
+        )
+        .send("bank-account", &new_id(), "open", &open)
+        .await,
+        401,
+        "unauthorized",
+    );
+    assert_eq!(p["reason"], "bad-signature");
+}
+
+async fn quotas_refuse_a_tenant_over_its_bounds(backend: Backend) {
+    let Some(env) = Env::new(backend, "e2e quotas on JetStream") else {
+        return;
+    };
+    let config = env.dir.path().join("quotas.yaml");
+    std::fs::write(
+        &config,
+        "quotas:\n  commands_per_sec: 1000\n  tenants:\n    slow:\n      commands_per_sec: 0.5\n      burst: 3\n    stranger:\n      commands_per_sec: 0.1\n      burst: 1\n    small:\n      max_aggregates: 2\n",
+    )
+    .unwrap();
+    let host = env.start(&[
+        ("AGGREGATE_MULTI_TENANT", "true"),
+        ("AGGREGATE_CONFIG", &config.display().to_string()),
+    ]);
+    deploy(
+        &host.client(),
+        "bank-account",
+        example_artifacts::BANK_ACCOUNT,
+    )
+    .await;
+    let open = json!({"owner": "Ada"});
+
+    // A burst over the rate: the bucket's 3 pass, the rest get 429 with Retry-After.
+    let slow = host.tenant("slow");
+    let id = new_id();
+    slow.send("bank-account", &id, "open", &open).await.unwrap();
+    for _ in 0..2 {
+        slow.send("bank-account", &id, "deposit", &json!({"amount": 1}))
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        let raw = slow
+            .http()
+            .post(format!(
+                "{}/aggregates/bank-account/{id}/commands/deposit",
+                host.gateway
+            ))
+            .header("x-tenant-id", "slow")
+            .json(&json!({"amount": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(raw.status(), 429);
+        let retry: u64 = raw.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+        let p: Value = raw.json().await.unwrap();
+        assert_eq!(
+            (p["type"].as_str(), p["quota"].as_str(), p["limit"].as_f64()),
+            (Some("/problems/quota-exceeded"), Some("rate"), Some(0.5)),
+            "{p}"
+        );
+    }
+    // Other tenants are not affected.
+    for _ in 0..10 {
+        host.tenant("fast")
+            .send("bank-account", &new_id(), "open", &open)
+            .await
+            .unwrap();
+    }
+    // The refused commands wrote nothing.
+    let state = slow.state("bank-account", &id).await.unwrap();
+    assert_eq!(state["version"], 3, "{state}");
+
+    // Aggregates: two may be created, a third not; the existing ones still take commands.
+    let small = host.tenant("small");
+    let (a, b) = (new_id(), new_id());
+    small.send("bank-account", &a, "open", &open).await.unwrap();
+    small.send("bank-account", &b, "open", &open).await.unwrap();
+    let p = problem(
+        small.send("bank-account", &new_id(), "open", &open).await,
+        429,
+        "quota-exceeded",
+    );
+    assert_eq!(
+        (p["quota"].as_str(), p["limit"].as_u64()),
+        (Some("aggregates"), Some(2)),
+        "{p}"
+    );
+    small
+        .send("bank-account", &a, "deposit", &json!({"amount": 3}))
+        .await
+        .unwrap();
+
+    // Usage in /admin/tenants and /metrics, for tenants with accepted work only.
+    let tenants = host
+        .client()
+        .admin(reqwest::Method::GET, "/admin/tenants", None)
+        .await
+        .unwrap();
+    let row = |t: &str| {
+        tenants["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["tenant_id"] == t)
+            .cloned()
+    };
+    let small_row = row("small").expect("small is listed");
+    assert_eq!(small_row["aggregates"], 2, "{small_row}");
+    assert_eq!(small_row["usage"]["quota_refusals"], 1, "{small_row}");
+    assert_eq!(small_row["usage"]["commands"], 4, "{small_row}");
+    assert_eq!(small_row["quotas"]["max_aggregates"], 2, "{small_row}");
+    let slow_row = row("slow").expect("slow is listed");
+    assert_eq!(slow_row["usage"]["quota_refusals"], 3, "{slow_row}");
+    // A tenant refused before any accepted command is not listed, and no metric names it:
+    // its first command is rejected (no such account), the next ones are over its rate.
+    let stranger = host.tenant("stranger");
+    problem(
+        stranger
+            .send("bank-account", &new_id(), "deposit", &json!({"amount": 1}))
+            .await,
+        422,
+        "command-rejected",
+    );
+    for _ in 0..3 {
+        problem(
+            stranger
+                .send("bank-account", &new_id(), "open", &open)
+                .await,
+            429,
+            "quota-exceeded",
+        );
+    }
+    let tenants = host
+        .client()
+        .admin(reqwest::Method::GET, "/admin/tenants", None)
+        .await
+        .unwrap();
+    assert!(!tenants.to_string().contains("stranger"), "{tenants}");
+    let metrics = host.client().metrics().await.unwrap();
+    assert!(!metrics.contains("stranger"));
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(
+        line(r#"aggregate_tenant_quota_refusals_total{quota="rate",tenant_id="slow"}"#),
+        3.0
+    );
+    assert_eq!(
+        line(r#"aggregate_tenant_quota_refusals_total{quota="aggregates",tenant_id="small"}"#),
+        1.0
+    );
+    assert_eq!(
+        line(r#"aggregate_tenant_aggregates{tenant_id="small"}"#),
+        2.0
+    );
+    assert_eq!(
+        line(r#"aggregate_tenant_aggregates{tenant_id="fast"}"#),
+        10.0
+    );
+}
