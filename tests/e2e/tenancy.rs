@@ -419,3 +419,309 @@ async fn quotas_refuse_a_tenant_over_its_bounds(backend: Backend) {
         10.0
     );
 }
+
+crate::on_both_logs!(export_delete_import_round_trip);
+
+/// The admin API's raw answer (text) to `method path`, with the admin token.
+async fn admin_raw(
+    host: &crate::support::HostProcess,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<String>,
+) -> (u16, String) {
+    let mut r = reqwest::Client::new()
+        .request(method, format!("{}{path}", host.admin))
+        .bearer_auth(crate::support::TOKEN);
+    if let Some(b) = body {
+        r = r.body(b);
+    }
+    let response = r.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn export_delete_import_round_trip(backend: Backend) {
+    let Some(env) = Env::new(backend, "e2e tenant lifecycle on JetStream") else {
+        return;
+    };
+    let host = env.start(&[
+        ("AGGREGATE_MULTI_TENANT", "true"),
+        ("AGGREGATE_SNAPSHOT_EVERY", "2"),
+    ]);
+    deploy(
+        &host.client(),
+        "bank-account",
+        example_artifacts::BANK_ACCOUNT,
+    )
+    .await;
+    let (acme, globex) = (host.tenant("acme"), host.tenant("globex"));
+    let mut ids = Vec::new();
+    let mut command_ids = Vec::new();
+    for i in 0..4 {
+        let id = new_id();
+        let a = acme
+            .send(
+                "bank-account",
+                &id,
+                "open",
+                &json!({"owner": format!("owner {i}")}),
+            )
+            .await
+            .unwrap();
+        command_ids.push((id.clone(), a["command_id"].as_str().unwrap().to_string()));
+        for amount in 1..=3 {
+            acme.send(
+                "bank-account",
+                &id,
+                "deposit",
+                &json!({"amount": amount * 10 + i}),
+            )
+            .await
+            .unwrap();
+        }
+        ids.push(id);
+    }
+    let other = new_id();
+    globex
+        .send("bank-account", &other, "open", &json!({"owner": "Gil"}))
+        .await
+        .unwrap();
+    let mut before = Vec::new();
+    for id in &ids {
+        before.push(acme.state("bank-account", id).await.unwrap());
+    }
+
+    // Export.
+    let (status, export) = admin_raw(
+        &host,
+        reqwest::Method::GET,
+        "/admin/tenants/acme/export",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{export}");
+    let lines: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines.last().unwrap()["end"],
+        json!({"commits": 16, "events": 16})
+    );
+    assert!(!export.contains("globex"), "only acme's data is exported");
+
+    // Delete: the confirmation is required.
+    for path in ["/admin/tenants/acme", "/admin/tenants/acme?confirm=globex"] {
+        let (status, body) = admin_raw(&host, reqwest::Method::DELETE, path, None).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("confirm"), "{body}");
+    }
+    assert_eq!(
+        acme.state("bank-account", &ids[0]).await.unwrap()["version"],
+        4,
+        "a refused delete changed nothing"
+    );
+    let (status, body) = admin_raw(
+        &host,
+        reqwest::Method::DELETE,
+        "/admin/tenants/acme?confirm=acme",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let deleted: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(deleted["aggregates"], 4, "{deleted}");
+
+    // Nothing of acme is readable any more; globex is untouched.
+    for id in &ids {
+        problem(
+            acme.state("bank-account", id).await,
+            404,
+            "unknown-aggregate",
+        );
+        let events = acme.events("bank-account", id, 0, 100).await;
+        assert!(
+            events.as_ref().map_or(true, |e| e["events"] == json!([])),
+            "{events:?}"
+        );
+    }
+    let q = acme
+        .query("bank-account", Some("true"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(q["items"], json!([]), "{q}");
+    assert_eq!(
+        globex.state("bank-account", &other).await.unwrap()["state"]["owner"],
+        "Gil"
+    );
+    let tenants = host
+        .client()
+        .admin(reqwest::Method::GET, "/admin/tenants", None)
+        .await
+        .unwrap();
+    assert!(!tenants.to_string().contains("\"acme\""), "{tenants}");
+    let metrics = host.client().metrics().await.unwrap();
+    assert!(!metrics.contains("tenant_id=\"acme\""), "{metrics}");
+    let (_, empty) = admin_raw(
+        &host,
+        reqwest::Method::GET,
+        "/admin/tenants/acme/export",
+        None,
+    )
+    .await;
+    assert_eq!(empty.trim(), r#"{"end":{"commits":0,"events":0}}"#);
+
+    // A bad import changes nothing: a cut-short export, a gap in versions.
+    let cut: String = export.lines().take(3).map(|l| format!("{l}\n")).collect();
+    let (status, body) = admin_raw(
+        &host,
+        reqwest::Method::POST,
+        "/admin/tenants/acme/import",
+        Some(cut),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("end line"), "{body}");
+    let gap: String = export
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 1)
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    let (status, body) = admin_raw(
+        &host,
+        reqwest::Method::POST,
+        "/admin/tenants/acme/import",
+        Some(gap),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("line 2"), "{body}");
+    problem(
+        acme.state("bank-account", &ids[0]).await,
+        404,
+        "unknown-aggregate",
+    );
+
+    // Import: the same states and versions, and the command ids are still known.
+    let (status, body) = admin_raw(
+        &host,
+        reqwest::Method::POST,
+        "/admin/tenants/acme/import",
+        Some(export.clone()),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let imported: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (imported["commits"].as_u64(), imported["events"].as_u64()),
+        (Some(16), Some(16))
+    );
+    for (id, state) in ids.iter().zip(&before) {
+        let now = acme.state("bank-account", id).await.unwrap();
+        assert_eq!(
+            (&now["state"], &now["version"]),
+            (&state["state"], &state["version"])
+        );
+    }
+    let (id, command_id) = &command_ids[0];
+    let again = acme
+        .send_with(
+            "bank-account",
+            id,
+            "open",
+            &json!({"owner": "owner 0"}),
+            &aggregate_host::client::CommandOptions {
+                command_id: Some(command_id.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["duplicate"].as_bool(), again["version"].as_u64()),
+        (Some(true), Some(1))
+    );
+    let (status, body) = admin_raw(
+        &host,
+        reqwest::Method::POST,
+        "/admin/tenants/acme/import",
+        Some(export.clone()),
+    )
+    .await;
+    assert_eq!(status, 409, "a tenant with data refuses an import: {body}");
+
+    // A delete racing commands: whatever is left was recorded after the delete let the tenant in
+    // again, from version 1.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let (acme, stop, old) = (acme.clone(), stop.clone(), ids[0].clone());
+        tokio::spawn(async move {
+            let mut accepted = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = acme
+                    .send(
+                        "bank-account",
+                        &new_id(),
+                        "open",
+                        &json!({"owner": "racer"}),
+                    )
+                    .await;
+                accepted += usize::from(r.is_ok());
+                let _ = acme
+                    .send("bank-account", &old, "deposit", &json!({"amount": 1}))
+                    .await;
+            }
+            accepted
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, body) = admin_raw(
+        &host,
+        reqwest::Method::DELETE,
+        "/admin/tenants/acme?confirm=acme",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let deleted: Value = serde_json::from_str(&body).unwrap();
+    let deleted_at: chrono::DateTime<chrono::Utc> =
+        deleted["deleted_at"].as_str().unwrap().parse().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let accepted = racer.await.unwrap();
+    assert!(accepted > 0, "the racer got commands in");
+    let (_, export) = admin_raw(
+        &host,
+        reqwest::Method::GET,
+        "/admin/tenants/acme/export",
+        None,
+    )
+    .await;
+    for line in export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    {
+        if line.get("end").is_some() {
+            continue;
+        }
+        for event in line["events"].as_array().unwrap() {
+            let at: chrono::DateTime<chrono::Utc> =
+                event["recorded_at"].as_str().unwrap().parse().unwrap();
+            assert!(
+                at >= deleted_at,
+                "{event} survived the delete at {deleted_at}"
+            );
+        }
+        assert_eq!(
+            line["events"][0]["version"].as_u64(),
+            Some(line["expected"].as_u64().unwrap() + 1)
+        );
+        if line["expected"] == 0 {
+            assert_eq!(line["events"][0]["payload"]["owner"], "racer", "{line}");
+        }
+    }
+    assert!(
+        !export.contains(&ids[0]),
+        "the old aggregate did not come back"
+    );
+}

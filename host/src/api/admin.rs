@@ -48,6 +48,21 @@ pub(super) fn routes() -> (Routes, Routes) {
             limits,
         )
         .add(Method::GET, "/admin/tenants", tenants)
+        .add(
+            Method::GET,
+            "/admin/tenants/{tenant_id}/export",
+            super::lifecycle::export,
+        )
+        .add(
+            Method::POST,
+            "/admin/tenants/{tenant_id}/import",
+            super::lifecycle::import,
+        )
+        .add(
+            Method::DELETE,
+            "/admin/tenants/{tenant_id}",
+            super::lifecycle::delete,
+        )
         .add(Method::POST, "/admin/drain", drain)
         .add(Method::POST, "/admin/resume", resume)
         .add(Method::POST, "/admin/reload", reload)
@@ -339,7 +354,7 @@ struct PinRequest {
     host_id: String,
 }
 
-fn tenant_path(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiError> {
+pub(super) fn tenant_path(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiError> {
     let Path(t) = path.map_err(path_error)?;
     // `_` names the single (unnamed) tenant, as in the placement bucket.
     if t == crate::cluster::SINGLE_TENANT_KEY {

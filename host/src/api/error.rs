@@ -112,6 +112,8 @@ problem_types! {
         "The aggregate never had the version asked for (`?version=N` above its current version, or 0), or had no events yet at the `?at=` time.";
     TooManyStreams = "too-many-streams", 429, "Too many event streams",
         "The tenant (or the host) has as many event streams open as it may (`scope`: tenant or host; `limit`); close one first.";
+    Conflict = "conflict", 409, "Conflict",
+        "The request cannot be done in the current state; `detail` says why (a tenant to import into already has data, a tenant's commands still run, a command of an import was already recorded).";
     QuotaExceeded = "quota-exceeded", 429, "Quota exceeded",
         "A quota of the tenant refused the command (`quota`: rate — commands per second, retry after `Retry-After` seconds —, or aggregates — the tenant has `limit` aggregates and the command would create another); `limit` is the bound.";
     QueryUnavailable = "query-unavailable", 503, "Query unavailable",
@@ -177,6 +179,9 @@ pub enum ApiError {
         /// The claim's tenant.
         claim: String,
     },
+    /// The request conflicts with the current state; the message says how.
+    #[error("{0}")]
+    Conflict(String),
     /// A quota of the tenant refused the command.
     #[error("tenant `{}` is over its {} quota ({limit})", .tenant.as_str(), .quota.as_str())]
     QuotaExceeded {
@@ -420,6 +425,7 @@ impl ApiError {
             ApiError::Token(t) => {
                 Problem::new(P::Unauthorized, t.to_string()).with("reason", t.reason())
             }
+            ApiError::Conflict(m) => Problem::new(P::Conflict, m.clone()),
             ApiError::TenantMismatch { header, claim } => {
                 Problem::new(P::TenantMismatch, self.to_string())
                     .with("header", header.as_str())

@@ -24,6 +24,7 @@ mod body;
 pub mod error;
 mod forward;
 mod gateway;
+mod lifecycle;
 pub mod quota;
 mod server;
 pub mod tenants;

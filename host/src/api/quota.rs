@@ -250,6 +250,12 @@ impl Quotas {
         }
     }
 
+    /// The tenant was deleted: forget its bucket and usage.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.buckets.lock().remove(tenant);
+        self.usage.lock().remove(tenant);
+    }
+
     /// Counted aggregates of every tenant with accepted work (for the metrics).
     pub fn counted(&self) -> Vec<(TenantId, u64)> {
         self.usage

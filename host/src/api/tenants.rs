@@ -283,6 +283,30 @@ impl Tenants {
         was
     }
 
+    /// Whether `tenant`'s commands are refused (drained).
+    pub fn is_draining(&self, tenant: &TenantId) -> bool {
+        self.gates
+            .lock()
+            .get(tenant)
+            .is_some_and(|g| g.draining.load(Ordering::SeqCst))
+    }
+
+    /// The tenant was deleted: drop it from the table (it is listed again after its next
+    /// accepted command), and accept its commands again unless `keep_draining`.
+    pub fn forget(&self, tenant: &TenantId, keep_draining: bool) {
+        let mut gates = self.gates.lock();
+        let Some(gate) = gates.get(tenant).cloned() else {
+            return;
+        };
+        gate.known.store(false, Ordering::SeqCst);
+        if !keep_draining {
+            gate.draining.store(false, Ordering::SeqCst);
+            if gate.in_flight.load(Ordering::SeqCst) == 0 {
+                gates.remove(tenant);
+            }
+        }
+    }
+
     /// Refuse every new command from now on (graceful shutdown).
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);

@@ -304,6 +304,26 @@ impl StateIndex {
         }
     }
 
+    /// Remove every entry of `tenant` (its data was deleted from the log); returns how many.
+    /// Waits for the follower's write in progress.
+    ///
+    /// # Errors
+    ///
+    /// [`IndexError::Storage`].
+    pub async fn delete_tenant(&self, tenant: &crate::types::TenantId) -> Result<u64, IndexError> {
+        let _writes = self.writes.lock().await;
+        self.handover.lock().retain(|a, _| a.tenant != *tenant);
+        let prefix = crate::store::keys::tenant_prefix(tenant);
+        let mut wb = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut n = 0u64;
+        for guard in self.states.prefix(&prefix) {
+            wb.remove(&self.states, guard.key().map_err(storage)?);
+            n += 1;
+        }
+        wb.commit().map_err(storage)?;
+        Ok(n)
+    }
+
     /// The indexed entry of one aggregate (tests and diagnostics).
     ///
     /// # Errors

@@ -69,6 +69,19 @@ impl HotCache {
         }
     }
 
+    pub(super) fn remove_tenant(&self, tenant: &crate::types::TenantId) {
+        let mut g = self.inner.lock();
+        let g = &mut *g;
+        let order = &mut g.order;
+        g.map.retain(|k, (t, _)| {
+            let keep = k.tenant != *tenant;
+            if !keep {
+                order.remove(t);
+            }
+            keep
+        });
+    }
+
     pub(super) fn remove(&self, k: &AggregateRef) {
         let mut g = self.inner.lock();
         if let Some((t, _)) = g.map.remove(k) {

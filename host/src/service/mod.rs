@@ -394,6 +394,27 @@ impl CommandService {
         &self.log
     }
 
+    /// Remove everything of `tenant` this service keeps: its events and command records (the
+    /// event log), its snapshots and its hot-cache entries. Returns the number of aggregates the
+    /// log had. The caller keeps the tenant's commands out meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`ServiceError::Store`] when the log or the snapshot store fails (then call it again).
+    pub async fn delete_tenant(&self, tenant: &TenantId) -> Result<u64, ServiceError> {
+        self.cache.remove_tenant(tenant);
+        let aggregates = self.log.delete_tenant(tenant).await?;
+        let (snapshots, t) = (self.snapshots.clone(), tenant.clone());
+        tokio::task::spawn_blocking(move || snapshots.delete_tenant(&t))
+            .await
+            .map_err(|e| {
+                ServiceError::Store(StoreError::Unavailable(format!("snapshot task: {e}")))
+            })??;
+        // A command that filled the cache while the log was being cleared is forgotten too.
+        self.cache.remove_tenant(tenant);
+        Ok(aggregates)
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry

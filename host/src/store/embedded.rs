@@ -187,6 +187,8 @@ enum Request {
     /// The commit, its events already serialized (by the caller's task, off the committer thread).
     Append(Commit, Vec<Vec<u8>>, oneshot::Sender<Result<Appended>>),
     Flush(oneshot::Sender<Result<()>>),
+    /// Remove a tenant's data, in order with the appends around it.
+    DeleteTenant(TenantId, oneshot::Sender<Result<u64>>),
     Shutdown,
 }
 
@@ -558,14 +560,17 @@ impl Committer {
             };
             // `Some(_)` once a flush or shutdown was seen: finish what came before it, then stop.
             let mut stop: Option<Option<oneshot::Sender<Result<()>>>> = None;
+            // A tenant removal ends the batch: it runs after the appends before it.
+            let mut delete: Option<(TenantId, oneshot::Sender<Result<u64>>)> = None;
             let mut next = Some(first);
             while let Some(req) = next.take() {
                 match req {
                     Request::Append(commit, encoded, tx) => batch.push((commit, encoded, tx)),
                     Request::Flush(tx) => stop = Some(Some(tx)),
+                    Request::DeleteTenant(tenant, tx) => delete = Some((tenant, tx)),
                     Request::Shutdown => stop = Some(None),
                 }
-                if batch.len() < self.max_batch && stop.is_none() {
+                if batch.len() < self.max_batch && stop.is_none() && delete.is_none() {
                     next = rx.try_recv().ok();
                 }
             }
@@ -591,6 +596,9 @@ impl Committer {
                     self.commit_batch(&mut batch);
                 }
             }
+            if let Some((tenant, tx)) = delete {
+                let _ = tx.send(self.delete_tenant(&tenant));
+            }
             if let Some(flush) = stop {
                 let res = self
                     .current
@@ -607,6 +615,9 @@ impl Committer {
                         }
                         Request::Flush(tx) => {
                             let _ = tx.send(Ok(()));
+                        }
+                        Request::DeleteTenant(_, tx) => {
+                            let _ = tx.send(Err(closed()));
                         }
                         Request::Shutdown => {}
                     }
@@ -673,6 +684,42 @@ impl Committer {
                 ));
             }
         }
+    }
+
+    /// Remove every key of `tenant` in one persisted batch (see [`EventLog::delete_tenant`]);
+    /// its `positions` entries are found through its command records.
+    fn delete_tenant(&mut self, tenant: &TenantId) -> Result<u64> {
+        if self.failed_since.is_some() {
+            return Err(StoreError::Unavailable(
+                "the event log is failing; try again once it recovered".into(),
+            ));
+        }
+        let shared = self.current.get()?;
+        let prefix = tenant_prefix(tenant);
+        let mut wb = shared.db.batch().durability(Some(self.mode));
+        let mut aggregates = 0u64;
+        for (keyspace, heads) in [
+            (&shared.heads, true),
+            (&shared.events, false),
+            (&shared.feed, false),
+        ] {
+            for guard in keyspace.prefix(&prefix) {
+                let key = guard.key().map_err(fjall_err)?;
+                aggregates += u64::from(heads);
+                wb.remove(keyspace, key);
+            }
+        }
+        for guard in shared.commands.prefix(&prefix) {
+            let (key, value) = guard.into_inner().map_err(fjall_err)?;
+            if let Ok(record) = serde_json::from_slice::<CommandRecord>(&value) {
+                wb.remove(&shared.positions, record.position.to_be_bytes());
+            }
+            wb.remove(&shared.commands, key);
+        }
+        wb.commit().map_err(fjall_err)?;
+        shared.db.persist(self.mode).map_err(fjall_err)?;
+        self.heads.retain(|key, _| !key.starts_with(&prefix));
+        Ok(aggregates)
     }
 
     fn cached_head(&mut self, akey: &[u8]) -> Result<u64> {
@@ -1068,5 +1115,13 @@ impl EventLog for EmbeddedLog {
             return Ok(()); // already flushed and closed
         }
         rx.await.unwrap_or(Ok(()))
+    }
+
+    async fn delete_tenant(&self, tenant: &TenantId) -> Result<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::DeleteTenant(tenant.clone(), tx))
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 }

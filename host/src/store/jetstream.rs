@@ -250,6 +250,16 @@ fn command_key(tenant: &TenantId, command_id: &CommandId) -> String {
     format!("{}.{}", tenant_token(tenant), command_id)
 }
 
+/// Whether `msg_id` is the message id of the command with key `key`: the key itself, or the key,
+/// a dot and a suffix (published again after the tenant was deleted: the dedup window still holds
+/// the key then, naming a message that is gone). No key is a prefix of another key plus a dot:
+/// keys are `<tenant-token>.<uuid>` and neither part contains a dot.
+fn is_message_id_of(msg_id: &str, key: &str) -> bool {
+    msg_id
+        .strip_prefix(key)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
 /// Parse `tenant.<tenant>.aggregate.<type>.<id>`.
 fn parse_subject(subject: &str) -> Result<AggregateRef> {
     let corrupted = |reason: &str| StoreError::Corrupted {
@@ -701,7 +711,13 @@ impl Core {
     /// Was the command of this intent stored? Then its original result.
     async fn resolve(&self, intent: &Intent, key: &str) -> Result<Option<Appended>> {
         match self.next_message(&intent.subject, intent.after + 1).await? {
-            Some(m) if m.msg_id.as_deref() == Some(key) => m.appended(true).map(Some),
+            Some(m)
+                if m.msg_id
+                    .as_deref()
+                    .is_some_and(|id| is_message_id_of(id, key)) =>
+            {
+                m.appended(true).map(Some)
+            }
             _ => Ok(None),
         }
     }
@@ -844,7 +860,8 @@ impl Core {
         let body: bytes::Bytes = serde_json::to_vec(&commit.events)
             .map_err(|e| StoreError::InvalidCommit(format!("events cannot be serialized: {e}")))?
             .into();
-
+        // The key, unless the dedup window holds it for a purged message (see below).
+        let mut msg_id = key.clone();
         for attempt in 0..8u64 {
             if attempt > 0 {
                 // Another writer of this command id moved first; let replicas catch up.
@@ -869,7 +886,7 @@ impl Core {
             }
             let message = PublishMessage::build()
                 .payload(body.clone())
-                .message_id(&key)
+                .message_id(&msg_id)
                 .expected_last_subject_sequence(head.seq)
                 .header(HEADER_FROM, commit.expected.0.to_string().as_str())
                 .header(HEADER_PREV, head.seq.to_string().as_str())
@@ -881,12 +898,16 @@ impl Core {
             return match ack {
                 Ok(ack) if ack.duplicate => {
                     // Another attempt of this command got there first; the ack names the original.
-                    let original = self
-                        .stream
-                        .direct_get(ack.sequence)
-                        .await
-                        .map_err(unavailable!("direct get"))?;
-                    Stored::from_stream_message(original)?.appended(true)
+                    match self.stream.direct_get(ack.sequence).await {
+                        Ok(original) => Stored::from_stream_message(original)?.appended(true),
+                        Err(e) if e.kind() == DirectGetErrorKind::NotFound => {
+                            // The original was purged (its tenant was deleted) while the dedup
+                            // window still remembers its id: publish under a fresh id.
+                            msg_id = format!("{key}.{}", uuid::Uuid::now_v7().simple());
+                            continue;
+                        }
+                        Err(e) => Err(nats_err("direct get")(&e)),
+                    }
                 }
                 Ok(ack) => {
                     self.remember(
@@ -1014,6 +1035,29 @@ impl Core {
             Some((intent, _)) => self.resolve(&intent, &key).await,
             None => Ok(None),
         }
+    }
+
+    /// Purge the tenant's subjects from the stream and its intents from the command bucket
+    /// (both by subject filter, one request each), and forget its cached heads.
+    async fn delete_tenant(&self, tenant: &TenantId) -> Result<u64> {
+        let aggregates = self.list_aggregates(tenant).await?.len() as u64;
+        let token = tenant_token(tenant);
+        self.stream
+            .purge()
+            .filter(format!("tenant.{token}.>"))
+            .await
+            .map_err(unavailable!("purge the tenant's events"))?;
+        let bucket = &self.config.command_bucket;
+        self.js
+            .get_stream(format!("KV_{bucket}"))
+            .await
+            .map_err(unavailable!("command bucket info"))?
+            .purge()
+            .filter(format!("$KV.{bucket}.{token}.>"))
+            .await
+            .map_err(unavailable!("purge the tenant's command records"))?;
+        self.heads.lock().retain(|a, _| a.tenant != *tenant);
+        Ok(aggregates)
     }
 
     async fn list_aggregates(
@@ -1607,6 +1651,12 @@ impl EventLog for JetStreamLog {
         self.guarded("log position", core.position()).await
     }
 
+    async fn delete_tenant(&self, tenant: &TenantId) -> Result<u64> {
+        let core = self.core()?;
+        self.guarded("delete tenant", core.delete_tenant(tenant))
+            .await
+    }
+
     async fn flush(&self) -> Result<()> {
         self.shared.closed.store(true, Ordering::Release);
         if self.shared.core.get().is_none() || !self.shared.breaker.allows() {
@@ -1632,6 +1682,19 @@ impl EventLog for JetStreamLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_id_belongs_to_its_command_key_only() {
+        let key = "acme.0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        assert!(is_message_id_of(key, key));
+        assert!(is_message_id_of(&format!("{key}.0190a1b2c3d47e5f"), key));
+        assert!(!is_message_id_of(&format!("{key}x"), key));
+        assert!(!is_message_id_of("acme.0190a1b2", key));
+        assert!(!is_message_id_of(
+            "acme-2.0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+            key
+        ));
+    }
 
     #[test]
     fn a_nats_url_may_list_several_servers() {

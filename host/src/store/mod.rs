@@ -284,4 +284,15 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Make everything acknowledged so far durable and stop accepting appends (graceful shutdown).
     async fn flush(&self) -> Result<()>;
+
+    /// Remove everything of `tenant`: its events, aggregate heads, command records (so its
+    /// command ids may be used again) and feed entries. Returns how many aggregates it had. The
+    /// caller makes sure no command of the tenant runs meanwhile (a commit of the tenant racing
+    /// the removal may survive it).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the log cannot be reached or written; part of the
+    /// tenant's data may then be gone, and the call may be repeated.
+    async fn delete_tenant(&self, tenant: &TenantId) -> Result<u64>;
 }

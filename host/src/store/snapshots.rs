@@ -201,6 +201,28 @@ impl SnapshotStore {
         })
     }
 
+    /// Delete every snapshot of `tenant`; returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] on I/O.
+    pub fn delete_tenant(&self, tenant: &TenantId) -> Result<u64> {
+        let removed = std::sync::atomic::AtomicU64::new(0);
+        self.write(|o| {
+            let keys = o
+                .snapshots
+                .prefix(tenant_prefix(tenant))
+                .map(|g| g.key().map_err(fjall_err))
+                .collect::<Result<Vec<_>>>()?;
+            removed.store(keys.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            for key in keys {
+                o.snapshots.remove(key).map_err(fjall_err)?;
+            }
+            o.db.persist(PersistMode::SyncAll).map_err(fjall_err)
+        })?;
+        Ok(removed.into_inner())
+    }
+
     /// Sync everything written so far to disk.
     ///
     /// # Errors

@@ -129,6 +129,25 @@ pub struct Metrics {
 
 const TYPE_TENANT: &[&str] = &["aggregate_type", "tenant_id"];
 
+/// Remove every series of `vec` whose `tenant_id` is `label`.
+fn remove_series<T: prometheus::core::MetricVecBuilder>(
+    vec: &prometheus::core::MetricVec<T>,
+    label: &str,
+) {
+    for family in prometheus::core::Collector::collect(vec) {
+        for m in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> = m
+                .get_label()
+                .iter()
+                .map(|l| (l.name(), l.value()))
+                .collect();
+            if labels.get("tenant_id") == Some(&label) {
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
 impl Metrics {
     /// Create and register every metric.
     ///
@@ -360,6 +379,27 @@ impl Metrics {
             })
             .map(|m| m.get_counter().get_value() as u64)
             .sum()
+    }
+
+    /// The tenant was deleted: remove every series labelled with it and stop using it as a label
+    /// (until it has accepted work again).
+    pub fn forget_tenant(&self, tenant: &TenantId) {
+        if tenant.is_single() {
+            // `=single` is a fixed label; its series are removed, the label stays usable.
+        } else if !self.known_tenants.write().remove(tenant) {
+            return;
+        }
+        let label = tenant_label(tenant);
+        remove_series(&self.commands, label);
+        remove_series(&self.command_duration, label);
+        remove_series(&self.decide_fuel, label);
+        remove_series(&self.conflicts, label);
+        remove_series(&self.rehydration, label);
+        remove_series(&self.hot_cache, label);
+        remove_series(&self.limit_breaches, label);
+        remove_series(&self.tenant_errors, label);
+        remove_series(&self.quota_refusals, label);
+        remove_series(&self.tenant_aggregates, label);
     }
 
     /// Count a command of `tenant` refused by its `quota` (`rate` or `aggregates`).

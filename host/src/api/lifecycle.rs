@@ -1,0 +1,409 @@
+//! Tenant lifecycle on the admin API: export a tenant's events, import them (into a tenant with
+//! no data), delete a tenant and everything the host keeps of it.
+//!
+//! # Export format (NDJSON)
+//!
+//! One line per commit (one command's events), aggregate by aggregate, in version order:
+//!
+//! ```json
+//! {"aggregate_type":"bank-account","aggregate_id":"…","command_id":"…","expected":0,"events":[…]}
+//! ```
+//!
+//! `expected` is the aggregate's version before the commit; `events` are the stored events
+//! (their `aggregate.tenant` is replaced by the importing tenant). The last line is
+//! `{"end":{"commits":N,"events":M}}`: an export without it was cut short. Commands that
+//! produced no events are not exported (they hold no data; only their ids were recorded).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json as AxumJson;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{ApiError, AppState};
+use crate::service::ServiceError;
+use crate::store::Commit;
+use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, TenantId, Version};
+
+/// How long a delete or import waits for the tenant's commands in flight (and the state index)
+/// by default.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+
+/// One exported commit (a line of the export).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportedCommit {
+    aggregate_type: AggregateType,
+    aggregate_id: AggregateId,
+    command_id: CommandId,
+    expected: Version,
+    events: Vec<Event>,
+}
+
+/// The last line of an export.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct End {
+    commits: u64,
+    events: u64,
+}
+
+fn store_err(e: crate::store::StoreError) -> ApiError {
+    ApiError::Service(ServiceError::from(e))
+}
+
+fn refuse_in_cluster(st: &AppState, what: &str) -> Result<(), ApiError> {
+    if st.0.cluster.is_some() {
+        return Err(ApiError::BadRequest(format!(
+            "{what} is not available in cluster mode yet: run it against a single host"
+        )));
+    }
+    Ok(())
+}
+
+/// Split an aggregate's events into its commits (consecutive events of one command).
+fn commits(events: Vec<Event>) -> Vec<Vec<Event>> {
+    let mut out: Vec<Vec<Event>> = Vec::new();
+    for e in events {
+        match out.last_mut() {
+            Some(c) if c[0].causation_id == e.causation_id => c.push(e),
+            _ => out.push(vec![e]),
+        }
+    }
+    out
+}
+
+/// `GET /admin/tenants/{tenant_id}/export`: the tenant's events as NDJSON (see the module docs),
+/// streamed aggregate by aggregate.
+pub(super) async fn export(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = super::admin::tenant_path(path)?;
+    let log = st.0.service.log().clone();
+    let aggregates = log.list_aggregates(&tenant).await.map_err(store_err)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(8);
+    tokio::spawn(async move {
+        let (mut n_commits, mut n_events) = (0u64, 0u64);
+        for (aggregate_type, aggregate_id) in aggregates {
+            let aggregate = AggregateRef {
+                tenant: tenant.clone(),
+                aggregate_type,
+                aggregate_id,
+            };
+            let events = match log.read(&aggregate, Version(0)).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(tenant_id = tenant.as_str(), %aggregate, error = %e, "export cut short");
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                    return;
+                }
+            };
+            let mut expected = 0u64;
+            for events in commits(events) {
+                let line = ExportedCommit {
+                    aggregate_type: aggregate.aggregate_type.clone(),
+                    aggregate_id: aggregate.aggregate_id,
+                    command_id: events[0].causation_id,
+                    expected: Version(expected),
+                    events,
+                };
+                expected += line.events.len() as u64;
+                n_commits += 1;
+                n_events += line.events.len() as u64;
+                let mut bytes = serde_json::to_vec(&line).expect("a commit serializes");
+                bytes.push(b'\n');
+                if tx.send(Ok(bytes.into())).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+        let end = json!({ "end": End { commits: n_commits, events: n_events } });
+        let _ = tx.send(Ok(format!("{end}\n").into())).await;
+        tracing::info!(
+            tenant_id = tenant.as_str(),
+            commits = n_commits,
+            events = n_events,
+            "tenant exported"
+        );
+    });
+    let body = Body::from_stream(tokio_stream_from(rx));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-ndjson"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Parse and check an import body: every line a commit of `tenant`, versions continuing each
+/// aggregate from 0 without gaps, command ids unique, and the `end` line last with the right
+/// counts.
+fn parse_import(tenant: &TenantId, body: &[u8]) -> Result<Vec<Commit>, ApiError> {
+    let bad = |line: usize, why: String| ApiError::BadRequest(format!("import line {line}: {why}"));
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::BadRequest(format!("import: the body is not UTF-8: {e}")))?;
+    let mut out = Vec::new();
+    let mut versions: HashMap<(AggregateType, AggregateId), u64> = HashMap::new();
+    let mut ids: HashSet<CommandId> = HashSet::new();
+    let mut end: Option<(usize, End)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        if let Some((at, _)) = &end {
+            return Err(bad(line, format!("data after the end line (line {at})")));
+        }
+        let value: Value =
+            serde_json::from_str(raw).map_err(|e| bad(line, format!("not JSON: {e}")))?;
+        if let Some(e) = value.get("end") {
+            let e: End = serde_json::from_value(e.clone())
+                .map_err(|e| bad(line, format!("end line: {e}")))?;
+            end = Some((line, e));
+            continue;
+        }
+        let c: ExportedCommit =
+            serde_json::from_value(value).map_err(|e| bad(line, e.to_string()))?;
+        if c.events.is_empty() {
+            return Err(bad(line, "a commit without events".into()));
+        }
+        if !ids.insert(c.command_id) {
+            return Err(bad(
+                line,
+                format!("command id {} appears twice", c.command_id),
+            ));
+        }
+        let aggregate = AggregateRef {
+            tenant: tenant.clone(),
+            aggregate_type: c.aggregate_type.clone(),
+            aggregate_id: c.aggregate_id,
+        };
+        let version = versions
+            .entry((c.aggregate_type.clone(), c.aggregate_id))
+            .or_insert(0);
+        if c.expected.0 != *version {
+            return Err(bad(
+                line,
+                format!(
+                    "expected version {} of {}, but the lines before leave it at {version}",
+                    c.expected.0, aggregate
+                ),
+            ));
+        }
+        let mut events = c.events;
+        for e in &mut events {
+            if e.aggregate.aggregate_type != aggregate.aggregate_type
+                || e.aggregate.aggregate_id != aggregate.aggregate_id
+            {
+                return Err(bad(
+                    line,
+                    format!("an event of {} in a commit of {aggregate}", e.aggregate),
+                ));
+            }
+            if e.causation_id != c.command_id {
+                return Err(bad(line, "an event of another command".into()));
+            }
+            e.aggregate.tenant = tenant.clone();
+        }
+        let commit = Commit {
+            aggregate,
+            expected: c.expected,
+            command_id: c.command_id,
+            events,
+        };
+        commit.validate().map_err(|e| bad(line, e.to_string()))?;
+        *version = commit.next_version().0;
+        out.push(commit);
+    }
+    match end {
+        None => Err(ApiError::BadRequest(
+            "import: no end line ({\"end\":{…}}): the export was cut short".into(),
+        )),
+        Some((line, e)) => {
+            let events: u64 = out.iter().map(|c| c.events.len() as u64).sum();
+            if e.commits != out.len() as u64 || e.events != events {
+                return Err(bad(
+                    line,
+                    format!(
+                        "the end line counts {} commits and {} events, the body has {} and {events}",
+                        e.commits,
+                        e.events,
+                        out.len()
+                    ),
+                ));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `POST /admin/tenants/{tenant_id}/import`: append an export's commits to a tenant that has no
+/// data, keeping versions, command ids and event metadata. The whole body is checked before
+/// anything is written; the tenant's commands are refused while it runs.
+pub(super) async fn import(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let tenant = super::admin::tenant_path(path)?;
+    refuse_in_cluster(&st, "importing a tenant")?;
+    let limit = st.0.config.max_component_mb << 20;
+    let body = super::body::read(body, limit, "import").await?;
+    let commits = parse_import(&tenant, &body)?;
+    let was_draining = st.0.tenants.is_draining(&tenant);
+    let running = st.0.tenants.drain(&tenant, DEFAULT_WAIT).await;
+    let outcome = async {
+        if running > 0 {
+            return Err(ApiError::Conflict(format!(
+                "tenant `{}` still has {running} commands running; try again",
+                tenant.as_str()
+            )));
+        }
+        let log = st.0.service.log();
+        if !log.list_aggregates(&tenant).await.map_err(store_err)?.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "tenant `{}` already has data; delete it first (DELETE /admin/tenants/{{tenant_id}})",
+                tenant.as_str()
+            )));
+        }
+        let (mut aggregates, mut events) = (HashSet::new(), 0u64);
+        for (done, commit) in commits.iter().enumerate() {
+            let appended = log.append(commit.clone()).await.map_err(|e| {
+                tracing::error!(tenant_id = tenant.as_str(), done, error = %e, "import stopped part-way");
+                ApiError::Service(ServiceError::from(e))
+            })?;
+            if appended.duplicate {
+                return Err(ApiError::Conflict(format!(
+                    "command {} was already recorded: the log still remembers it (imported {done} of {} commits)",
+                    commit.command_id,
+                    commits.len()
+                )));
+            }
+            aggregates.insert(commit.aggregate.clone());
+            events += commit.events.len() as u64;
+        }
+        Ok((aggregates.len(), events))
+    }
+    .await;
+    if !was_draining {
+        st.0.tenants.resume(&tenant);
+    }
+    let (aggregates, events) = outcome?;
+    if aggregates > 0 {
+        st.tenant_accepted(&tenant);
+    }
+    tracing::info!(
+        tenant_id = tenant.as_str(),
+        aggregates,
+        commits = commits.len(),
+        events,
+        "tenant imported"
+    );
+    Ok(AxumJson(json!({
+        "tenant_id": tenant.as_str(),
+        "aggregates": aggregates,
+        "commits": commits.len(),
+        "events": events,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeleteQuery {
+    confirm: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// `DELETE /admin/tenants/{tenant_id}?confirm={tenant_id}`: remove the tenant's events, command
+/// records, snapshots, state index entries, hot-cache entries, usage and metric series. The
+/// tenant's commands are refused meanwhile and those in flight finish first, so none of them can
+/// write after the removal.
+pub(super) async fn delete(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<DeleteQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = super::admin::tenant_path(path)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
+    let key = if tenant.is_single() {
+        crate::cluster::SINGLE_TENANT_KEY
+    } else {
+        tenant.as_str()
+    };
+    if q.confirm.as_deref() != Some(key) {
+        return Err(ApiError::BadRequest(format!(
+            "confirm: deleting tenant `{key}` removes all its data; repeat its id as `?confirm={key}`"
+        )));
+    }
+    refuse_in_cluster(&st, "deleting a tenant")?;
+    let wait = q.timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis);
+    let was_draining = st.0.tenants.is_draining(&tenant);
+    let running = st.0.tenants.drain(&tenant, wait).await;
+    let outcome = async {
+        if running > 0 {
+            return Err(ApiError::Conflict(format!(
+                "tenant `{key}` still has {running} commands running after {} ms; nothing was deleted",
+                wait.as_millis()
+            )));
+        }
+        // The index must have applied every commit of the tenant before its entries go, or it
+        // would write them again.
+        let log = st.0.service.log();
+        if let Some(index) = &st.0.index {
+            let position = log.position().await.map_err(store_err)?;
+            index.wait_for(position, wait).await.map_err(|e| {
+                ApiError::QueryUnavailable(format!("nothing was deleted: the state index is behind: {e}"))
+            })?;
+        }
+        let aggregates = st.0.service.delete_tenant(&tenant).await?;
+        let index_entries = match &st.0.index {
+            Some(index) => index
+                .delete_tenant(&tenant)
+                .await
+                .map_err(|e| ApiError::Internal(format!("state index: {e}")))?,
+            None => 0,
+        };
+        Ok((aggregates, index_entries))
+    }
+    .await;
+    let (aggregates, index_entries) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            if !was_draining {
+                st.0.tenants.resume(&tenant);
+            }
+            return Err(e);
+        }
+    };
+    st.0.quotas.forget(&tenant);
+    st.0.metrics.forget_tenant(&tenant);
+    // Taken before the tenant's commands are let in again: everything of it recorded from now on
+    // is newer.
+    let deleted_at = chrono::Utc::now();
+    st.0.tenants.forget(&tenant, was_draining);
+    tracing::warn!(tenant_id = key, aggregates, index_entries, "tenant deleted");
+    Ok(AxumJson(json!({
+        "tenant_id": tenant.as_str(),
+        "deleted": true,
+        "aggregates": aggregates,
+        "index_entries": index_entries,
+        "deleted_at": deleted_at,
+    }))
+    .into_response())
+}
