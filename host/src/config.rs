@@ -296,6 +296,9 @@ pub fn valid_host_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// Slowest non-zero quota rate, in commands per second (one command every 1000 s).
+pub const MIN_QUOTA_RATE: f64 = 0.001;
+
 /// Shortest admin token accepted: a guessable token is no protection.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
@@ -686,8 +689,12 @@ impl Config {
                 .map(|r| (format!("quotas.tenants.{}.commands_per_sec", t.as_str()), r))
         }));
         for (field, rate) in rates {
-            if !rate.is_finite() || !(0.0..=1_000_000.0).contains(&rate) {
-                return Err(err(field, format!("{rate} is outside 0..=1000000")));
+            if !rate.is_finite() || !(rate == 0.0 || (MIN_QUOTA_RATE..=1_000_000.0).contains(&rate))
+            {
+                return Err(err(
+                    field,
+                    format!("{rate}: use 0 (unlimited) or {MIN_QUOTA_RATE} to 1000000"),
+                ));
             }
         }
         if self.quotas.tenants.keys().any(TenantId::is_single) {
@@ -873,9 +880,11 @@ mod tests {
         assert_eq!(e.field, "jwt.audience");
         let e = Config::load(None, env(&[("AGGREGATE_JWT_SECRET", "x")])).unwrap_err();
         assert_eq!(e.field, "AGGREGATE_JWT_SECRET");
-        let e =
-            Config::load(None, env(&[("AGGREGATE_QUOTA_COMMANDS_PER_SEC", "NaN")])).unwrap_err();
-        assert_eq!(e.field, "quotas.commands_per_sec");
+        for bad in ["NaN", "0.0000001", "-1", "inf"] {
+            let e =
+                Config::load(None, env(&[("AGGREGATE_QUOTA_COMMANDS_PER_SEC", bad)])).unwrap_err();
+            assert_eq!(e.field, "quotas.commands_per_sec", "{bad}");
+        }
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("host.yaml");
         std::fs::write(

@@ -69,7 +69,14 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
         return;
     };
     let public = fixture("rs256-public.pem").display().to_string();
+    let config = env.dir.path().join("jwt.yaml");
+    std::fs::write(
+        &config,
+        "quotas:\n  tenants:\n    limited:\n      commands_per_sec: 0.001\n      burst: 1\n",
+    )
+    .unwrap();
     let host = env.start(&[
+        ("AGGREGATE_CONFIG", &config.display().to_string()),
         ("AGGREGATE_MULTI_TENANT", "true"),
         ("AGGREGATE_JWT_PUBLIC_KEY_FILE", &public),
         ("AGGREGATE_JWT_ISSUER", ISSUER),
@@ -202,6 +209,39 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
         events["events"][1]["metadata"]["actor"], "carol",
         "{events}"
     );
+    // A tenant taken from the token meets its quota, and the refusal is counted under it; a
+    // refused token's x-tenant-id is counted under nobody.
+    let limited = as_caller(
+        &host,
+        Some(rs256("rs256-private.pem", &claims(Some("limited"), "lim"))),
+    );
+    limited
+        .send("bank-account", &new_id(), "open", &open)
+        .await
+        .unwrap();
+    problem(
+        limited.send("bank-account", &new_id(), "open", &open).await,
+        429,
+        "quota-exceeded",
+    );
+    problem(
+        host.tenant("acme")
+            .send("bank-account", &new_id(), "open", &open)
+            .await,
+        401,
+        "unauthorized",
+    );
+    let metrics = host.client().metrics().await.unwrap();
+    assert!(
+        metrics.contains(
+            r#"aggregate_tenant_errors_total{problem="quota-exceeded",tenant_id="limited"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"problem="unauthorized",tenant_id="acme""#),
+        "{metrics}"
+    );
     // The API document needs no token.
     reqwest::Client::new()
         .get(format!("{}/openapi.json", host.gateway))
@@ -253,6 +293,15 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
         "unauthorized",
     );
     assert_eq!(p["reason"], "bad-signature");
+    // A token without a tenant claim acts for the single tenant only.
+    problem(
+        hs.tenant("acme")
+            .with_gateway_token(Some(hs256(key, &claims(None, "dave"))))
+            .send("bank-account", &new_id(), "open", &open)
+            .await,
+        403,
+        "tenant-mismatch",
+    );
 }
 
 async fn quotas_refuse_a_tenant_over_its_bounds(backend: Backend) {

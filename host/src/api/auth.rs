@@ -164,11 +164,20 @@ impl Authenticator {
                     vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
                 )
             } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-                // The curve decides the algorithm: an uncompressed P-256 point is 65 bytes.
-                let alg = if k.as_bytes().len() == 65 {
-                    Algorithm::ES256
-                } else {
-                    Algorithm::ES384
+                // The curve decides the algorithm: an uncompressed point is 65 bytes on P-256 and
+                // 97 on P-384 (SEC 1 §2.3.3); other curves and compressed points are refused.
+                let alg = match k.as_bytes().len() {
+                    65 => Algorithm::ES256,
+                    97 => Algorithm::ES384,
+                    n => {
+                        return Err(config_err(
+                            "public_key_file",
+                            format!(
+                            "{}: an EC key of {n} bytes; use an uncompressed P-256 or P-384 key",
+                            path.display()
+                        ),
+                        ))
+                    }
                 };
                 (k, vec![alg])
             } else {
@@ -192,6 +201,13 @@ impl Authenticator {
                 config_err("jwks_file", format!("{}: not a JWKS: {e}", path.display()))
             })?;
             for jwk in &set.keys {
+                // Only signature keys (RFC 7517 §4.2): an encryption key verifies nothing.
+                if matches!(
+                    &jwk.common.public_key_use,
+                    Some(u) if *u != jsonwebtoken::jwk::PublicKeyUse::Signature
+                ) {
+                    continue;
+                }
                 let algorithms = match &jwk.algorithm {
                     AlgorithmParameters::RSA(_) => {
                         vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512]
@@ -364,7 +380,9 @@ pub(super) async fn authenticate(
     }
     let refuse = |request: axum::extract::Request, e: ApiError| {
         super::drain_after_answer(request);
-        e.into_response()
+        let mut response = e.into_response();
+        response.extensions_mut().insert(AuthTenant(None));
+        response
     };
     let checked = auth.check(
         request
@@ -401,11 +419,37 @@ pub(super) async fn authenticate(
             let e = TokenError::Claim(auth.tenant_claim().to_string());
             return refuse(request, e.into());
         }
-        None => {}
+        // A token without a tenant acts for the single tenant only.
+        None => match request.headers().get(TENANT_HEADER) {
+            Some(v) if !v.is_empty() => {
+                let e = ApiError::TenantMismatch {
+                    header: String::from_utf8_lossy(v.as_bytes())
+                        .chars()
+                        .take(64)
+                        .collect(),
+                    claim: String::new(),
+                };
+                return refuse(request, e);
+            }
+            _ => {}
+        },
     }
+    let tenant = request
+        .headers()
+        .get(TENANT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     request.extensions_mut().insert(principal);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(AuthTenant(Some(tenant)));
+    response
 }
+
+/// Put by [`authenticate`] on its answers for the request log's tenant label: `Some(header)` for
+/// an authenticated request (the `x-tenant-id` it ran with, `None` when absent), `None` for a
+/// refused one (its header is nobody's: labelled `=other`).
+#[derive(Debug, Clone)]
+pub(super) struct AuthTenant(pub Option<Option<String>>);
 
 #[cfg(test)]
 mod tests {
@@ -523,8 +567,15 @@ mod tests {
         ec_jwk.common.key_id = Some("ec-1".into());
         let mut rsa_jwk = Jwk::from_encoding_key(&rsa, Algorithm::RS256).unwrap();
         rsa_jwk.common.key_id = Some("rsa-1".into());
+        let mut enc_jwk = ec_jwk.clone();
+        enc_jwk.common.key_id = Some("enc-1".into());
+        enc_jwk.common.public_key_use = Some(jsonwebtoken::jwk::PublicKeyUse::Encryption);
         let jwks = dir.path().join("jwks.json");
-        std::fs::write(&jwks, json!({ "keys": [ec_jwk, rsa_jwk] }).to_string()).unwrap();
+        std::fs::write(
+            &jwks,
+            json!({ "keys": [ec_jwk, rsa_jwk, enc_jwk] }).to_string(),
+        )
+        .unwrap();
         let auth = Authenticator::load(&JwtConfig {
             jwks_file: Some(jwks),
             ..config()
@@ -542,6 +593,11 @@ mod tests {
         assert_eq!(
             auth.check(Some(&bearer(&es256(&good(), Some("gone"))))),
             Err(TokenError::UnknownKey("gone".into()))
+        );
+        assert_eq!(
+            auth.check(Some(&bearer(&es256(&good(), Some("enc-1"))))),
+            Err(TokenError::UnknownKey("enc-1".into())),
+            "an encryption key verifies nothing"
         );
         // The EC token under the RSA key's id: that key does not take ES256.
         assert!(matches!(

@@ -261,10 +261,11 @@ async fn run_command(
         json
     };
     let in_flight = st.0.tenants.admit(&tenant).map_err(&refused)?;
-    st.0.quotas.wait_counted(&tenant).await;
-    if st.0.quotas.bounds_aggregates(&tenant) {
-        st.check_aggregate_quota(&target, started).await?;
-    }
+    let reservation = if st.0.quotas.bounds_aggregates(&tenant) {
+        st.reserve_aggregate(&target, started).await?
+    } else {
+        None
+    };
 
     // The command runs on its own task: a client that hangs up does not cancel it half-way, and
     // drain and shutdown wait for it through `in_flight`.
@@ -278,6 +279,8 @@ async fn run_command(
     let st = st.clone();
     let outcome = tokio::spawn(async move {
         let _in_flight = in_flight;
+        // Freed after the aggregate it may create is counted (below).
+        let _reservation = reservation;
         let r =
             st.0.service
                 .submit_expecting(&target.tenant, submit, expected)

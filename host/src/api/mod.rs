@@ -101,7 +101,7 @@ impl AppState {
         Self(Arc::new(Shared {
             tenants: Tenants::new(config.multi_tenant, config.tenants.clone()),
             auth: host.auth.clone(),
-            quotas: quota::Quotas::new(config.quotas.clone()),
+            quotas: quota::Quotas::new(config.quotas.clone(), !config.cluster),
             config,
             service: host.service.clone(),
             registry: host.registry.clone(),
@@ -164,16 +164,25 @@ impl AppState {
         }
     }
 
-    /// Refuse a command that would create an aggregate of a tenant at its aggregate bound.
-    async fn check_aggregate_quota(
+    /// For a command that would create an aggregate of a tenant with an aggregate bound: a place
+    /// under the bound, held while the command runs (`None`: the aggregate exists).
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::QuotaExceeded`] at the bound; [`ApiError::Service`] when the log fails.
+    async fn reserve_aggregate(
         &self,
         target: &crate::types::AggregateRef,
         started: Instant,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<quota::Reservation>, ApiError> {
         use crate::service::ServiceError;
         let tenant = &target.tenant;
         let log = self.0.service.log();
-        let count = match self.0.quotas.aggregates(tenant) {
+        if log.version(target).await.map_err(ServiceError::from)?.0 > 0 {
+            return Ok(None);
+        }
+        let view = self.0.quotas.count_view(tenant);
+        let listed = match view.count {
             Some(n) => n,
             None => log
                 .list_aggregates(tenant)
@@ -181,14 +190,10 @@ impl AppState {
                 .map_err(ServiceError::from)?
                 .len() as u64,
         };
-        if self.0.quotas.may_create(tenant, count) {
-            return Ok(());
+        match self.0.quotas.reserve(tenant, view, listed) {
+            Ok(r) => Ok(Some(r)),
+            Err(_) => Err(self.quota_refused(target, started, quota::Quota::Aggregates, None)),
         }
-        // At the bound, an aggregate that exists still takes commands.
-        if log.version(target).await.map_err(ServiceError::from)?.0 > 0 {
-            return Ok(());
-        }
-        Err(self.quota_refused(target, started, quota::Quota::Aggregates, None))
     }
 
     /// Count an accepted command of `tenant` (`created`: it created its aggregate); the
@@ -441,10 +446,14 @@ async fn log_requests<const GATEWAY: bool>(
         tracing::debug!(parent: &span, status = status.as_u16(), ms, "request served");
     }
     if let (true, Some(problem)) = (GATEWAY, problem) {
-        state
-            .0
-            .metrics
-            .tenant_error(state.0.metrics.raw_tenant_label(tenant.as_deref()), problem);
+        // With JWT on, the tenant the request ran as (a header may be the token's claim); a
+        // refused token's header is nobody's.
+        let label = match response.extensions().get::<auth::AuthTenant>() {
+            Some(auth::AuthTenant(None)) => crate::telemetry::OTHER_TENANT_LABEL,
+            Some(auth::AuthTenant(Some(t))) => state.0.metrics.raw_tenant_label(t.as_deref()),
+            None => state.0.metrics.raw_tenant_label(tenant.as_deref()),
+        };
+        state.0.metrics.tenant_error(label, problem);
     }
     response
 }

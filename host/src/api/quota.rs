@@ -62,20 +62,23 @@ struct Bucket {
     burst: f64,
 }
 
+/// Buckets kept at most: beyond it, buckets are dropped (their tenants start full again).
+const MAX_BUCKETS: usize = 4 * SWEEP_ABOVE;
+/// Shortest time between two sweeps of the bucket table.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
 /// Usage of one tenant with accepted work.
 #[derive(Default)]
 struct Usage {
     /// Aggregates; `None` until counted from the log.
     aggregates: Mutex<Option<u64>>,
+    /// Reservations made for the tenant so far (a count from the log taken before a later one
+    /// may miss its aggregate).
+    generation: AtomicU64,
     /// A count from the log is under way (or done).
     counting: std::sync::atomic::AtomicBool,
-    /// Woken when a count is recorded or fails.
-    counted: tokio::sync::Notify,
     refusals: AtomicU64,
 }
-
-/// Longest a command waits for its tenant's aggregates to be counted.
-const COUNT_WAIT: Duration = Duration::from_secs(2);
 
 /// One tenant's usage as `/admin/tenants` shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,20 +91,55 @@ pub struct UsageReport {
     pub limits: Limits,
 }
 
+/// What is known of a tenant's aggregate count before a command that may create one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountView {
+    /// The kept count, when there is one (then no count from the log is needed).
+    pub count: Option<u64>,
+    /// The tenant's reservation generation when looked at (tenants with accepted work).
+    generation: Option<u64>,
+}
+
+/// A place for one new aggregate under a tenant's bound, held while the command runs; dropping
+/// it frees the place (after [`Quotas::accepted`] counted the aggregate it created).
+pub struct Reservation {
+    tenant: TenantId,
+    pending: Arc<Mutex<HashMap<TenantId, u64>>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut pending = self.pending.lock();
+        if let Some(n) = pending.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                pending.remove(&self.tenant);
+            }
+        }
+    }
+}
+
 /// Buckets and counts of every tenant.
 pub struct Quotas {
     config: QuotaConfig,
-    buckets: Mutex<HashMap<TenantId, Bucket>>,
+    /// Whether counts from the log are kept (single host); in cluster mode other hosts create
+    /// aggregates too, so each check counts from the log.
+    keep_counts: bool,
+    buckets: Mutex<(HashMap<TenantId, Bucket>, Option<Instant>)>,
     usage: Mutex<HashMap<TenantId, Arc<Usage>>>,
+    /// Reservations in flight per tenant (only tenants with some).
+    pending: Arc<Mutex<HashMap<TenantId, u64>>>,
 }
 
 impl Quotas {
-    /// Quotas from the configuration.
-    pub fn new(config: QuotaConfig) -> Self {
+    /// Quotas from the configuration; `keep_counts` false in cluster mode.
+    pub fn new(config: QuotaConfig, keep_counts: bool) -> Self {
         Self {
             config,
+            keep_counts,
             buckets: Mutex::default(),
             usage: Mutex::default(),
+            pending: Arc::default(),
         }
     }
 
@@ -130,8 +168,8 @@ impl Quotas {
     ///
     /// # Errors
     ///
-    /// The time after which a command will be admitted again (at least one second, as
-    /// `Retry-After` counts whole seconds).
+    /// The time after which a command will be admitted again (whole seconds, at least one, as
+    /// `Retry-After` counts them).
     pub fn take(&self, tenant: &TenantId) -> Result<(), Duration> {
         let limits = self.limits(tenant);
         if limits.commands_per_sec <= 0.0 {
@@ -139,12 +177,24 @@ impl Quotas {
         }
         let now = Instant::now();
         let burst = f64::from(limits.burst);
-        let mut buckets = self.buckets.lock();
-        if buckets.len() >= SWEEP_ABOVE && !buckets.contains_key(tenant) {
+        let mut guard = self.buckets.lock();
+        let (buckets, last_sweep) = &mut *guard;
+        if buckets.len() >= SWEEP_ABOVE
+            && !buckets.contains_key(tenant)
+            && last_sweep.is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
+            *last_sweep = Some(now);
             // A bucket refilled to the brim is the same as none.
             buckets.retain(|_, b| {
                 b.tokens + now.duration_since(b.updated).as_secs_f64() * b.rate < b.burst
             });
+        }
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(tenant) {
+            // Made-up tenants filled the table: drop some buckets (their tenants start full).
+            let drop: Vec<TenantId> = buckets.keys().take(SWEEP_ABOVE).cloned().collect();
+            for t in drop {
+                buckets.remove(&t);
+            }
         }
         let b = buckets.entry(tenant.clone()).or_insert(Bucket {
             tokens: burst,
@@ -159,22 +209,10 @@ impl Quotas {
             b.tokens -= 1.0;
             Ok(())
         } else {
-            let wait = (1.0 - b.tokens) / limits.commands_per_sec;
-            Err(Duration::from_secs_f64(wait.max(1.0).ceil()))
+            // The rate is at least MIN_RATE (configuration), so this is at most 1000 s.
+            let wait = ((1.0 - b.tokens) / limits.commands_per_sec).clamp(1.0, 86_400.0);
+            Err(Duration::from_secs(wait.ceil() as u64))
         }
-    }
-
-    /// The aggregates of `tenant` when counted (see [`Quotas::record_count`]).
-    pub fn aggregates(&self, tenant: &TenantId) -> Option<u64> {
-        let usage = self.usage.lock().get(tenant).cloned()?;
-        let n = *usage.aggregates.lock();
-        n
-    }
-
-    /// Whether `tenant` may create another aggregate, given its count (`None`: not counted).
-    pub fn may_create(&self, tenant: &TenantId, count: u64) -> bool {
-        let max = self.limits(tenant).max_aggregates;
-        max == 0 || count < max
     }
 
     /// Whether the aggregate bound of `tenant` is on.
@@ -182,9 +220,72 @@ impl Quotas {
         self.limits(tenant).max_aggregates > 0
     }
 
+    /// What is known of `tenant`'s aggregate count; when `count` is `None` the caller counts
+    /// from the log and passes that to [`Quotas::reserve`].
+    pub fn count_view(&self, tenant: &TenantId) -> CountView {
+        match self.usage.lock().get(tenant) {
+            Some(u) => CountView {
+                count: *u.aggregates.lock(),
+                generation: Some(u.generation.load(Ordering::SeqCst)),
+            },
+            None => CountView {
+                count: None,
+                generation: None,
+            },
+        }
+    }
+
+    /// Take a place for one new aggregate of `tenant`: `view` from [`Quotas::count_view`] taken
+    /// before `listed` (the count from the log, when the view had none) was read.
+    ///
+    /// # Errors
+    ///
+    /// The bound, when the tenant's aggregates and the places already taken reach it.
+    pub fn reserve(
+        &self,
+        tenant: &TenantId,
+        view: CountView,
+        listed: u64,
+    ) -> Result<Reservation, u64> {
+        let max = self.limits(tenant).max_aggregates;
+        let usage = self.usage.lock().get(tenant).cloned();
+        let mut pending = self.pending.lock();
+        let in_flight = pending.get(tenant).copied().unwrap_or(0);
+        let count = match (&usage, view.count) {
+            (_, Some(n)) => usage
+                .as_ref()
+                .and_then(|u| *u.aggregates.lock())
+                .unwrap_or(n),
+            (Some(u), None) => {
+                let mut kept = u.aggregates.lock();
+                // Exact when no creation of the tenant ran since the view: keep it from now on.
+                if self.keep_counts
+                    && in_flight == 0
+                    && view.generation == Some(u.generation.load(Ordering::SeqCst))
+                {
+                    kept.get_or_insert(listed);
+                }
+                kept.unwrap_or(listed)
+            }
+            (None, None) => listed,
+        };
+        if max > 0 && count + in_flight >= max {
+            return Err(max);
+        }
+        pending.insert(tenant.clone(), in_flight + 1);
+        if let Some(u) = &usage {
+            u.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(Reservation {
+            tenant: tenant.clone(),
+            pending: self.pending.clone(),
+        })
+    }
+
     /// A command of `tenant` was accepted; `created` when it created its aggregate. Returns
-    /// whether the caller should count the tenant's aggregates from the log (once: until
-    /// [`Quotas::record_count`], or [`Quotas::count_failed`] to allow another attempt).
+    /// whether the caller should count the tenant's aggregates from the log in the background
+    /// (for the metrics, once, for a tenant without an aggregate bound: a bounded tenant is
+    /// counted exactly by [`Quotas::reserve`]).
     pub fn accepted(&self, tenant: &TenantId, created: bool) -> bool {
         let usage = self.usage.lock().entry(tenant.clone()).or_default().clone();
         let mut n = usage.aggregates.lock();
@@ -193,7 +294,11 @@ impl Quotas {
                 *n += u64::from(created);
                 false
             }
-            None => !usage.counting.swap(true, Ordering::SeqCst),
+            None => {
+                self.keep_counts
+                    && !self.bounds_aggregates(tenant)
+                    && !usage.counting.swap(true, Ordering::SeqCst)
+            }
         }
     }
 
@@ -201,33 +306,14 @@ impl Quotas {
     pub fn count_failed(&self, tenant: &TenantId) {
         if let Some(u) = self.usage.lock().get(tenant) {
             u.counting.store(false, Ordering::SeqCst);
-            u.counted.notify_waiters();
         }
     }
 
-    /// Record the count of `tenant`'s aggregates read from the log, unless one is recorded
-    /// already (a count of the log taken after a creation was counted includes it).
+    /// Record the count of `tenant`'s aggregates read from the log in the background, unless one
+    /// is kept already. Approximate by the aggregates created while it was read (metrics only).
     pub fn record_count(&self, tenant: &TenantId, count: u64) {
-        let usage = self.usage.lock().entry(tenant.clone()).or_default().clone();
-        usage.aggregates.lock().get_or_insert(count);
-        usage.counted.notify_waiters();
-    }
-
-    /// Wait (up to 2 s) while `tenant`'s aggregates are being counted, so that an aggregate its
-    /// command creates is counted once: by the count or by [`Quotas::accepted`] after it.
-    pub async fn wait_counted(&self, tenant: &TenantId) {
-        let Some(usage) = self.usage.lock().get(tenant).cloned() else {
-            return;
-        };
-        let deadline = tokio::time::Instant::now() + COUNT_WAIT;
-        loop {
-            let notified = usage.counted.notified();
-            if usage.aggregates.lock().is_some() || !usage.counting.load(Ordering::SeqCst) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return;
-            }
+        if let Some(u) = self.usage.lock().get(tenant) {
+            u.aggregates.lock().get_or_insert(count);
         }
     }
 
@@ -252,11 +338,11 @@ impl Quotas {
 
     /// The tenant was deleted: forget its bucket and usage.
     pub fn forget(&self, tenant: &TenantId) {
-        self.buckets.lock().remove(tenant);
+        self.buckets.lock().0.remove(tenant);
         self.usage.lock().remove(tenant);
     }
 
-    /// Counted aggregates of every tenant with accepted work (for the metrics).
+    /// Kept aggregate counts of every tenant with accepted work (for the metrics).
     pub fn counted(&self) -> Vec<(TenantId, u64)> {
         self.usage
             .lock()
@@ -289,58 +375,111 @@ mod tests {
                 ..TenantQuota::default()
             },
         );
-        let q = Quotas::new(config);
+        config.tenants.insert(
+            t("slow"),
+            TenantQuota {
+                commands_per_sec: Some(0.001),
+                burst: Some(1),
+                ..TenantQuota::default()
+            },
+        );
+        let q = Quotas::new(config, true);
         for _ in 0..3 {
             q.take(&t("acme")).unwrap();
         }
-        let wait = q.take(&t("acme")).unwrap_err();
-        assert_eq!(wait, Duration::from_secs(1));
+        assert_eq!(q.take(&t("acme")).unwrap_err(), Duration::from_secs(1));
         q.take(&t("globex")).unwrap();
         for _ in 0..100 {
             q.take(&t("big")).unwrap();
         }
         assert_eq!(q.limits(&t("big")).commands_per_sec, 0.0);
+        q.take(&t("slow")).unwrap();
+        assert_eq!(q.take(&t("slow")).unwrap_err(), Duration::from_secs(1000));
     }
 
     #[test]
     fn the_bucket_table_stays_bounded_by_made_up_tenants() {
-        let q = Quotas::new(QuotaConfig {
-            commands_per_sec: 1000.0,
-            burst: 1,
-            ..QuotaConfig::default()
-        });
-        for i in 0..3 * SWEEP_ABOVE {
+        // A slow rate: no bucket refills while the made-up tenants arrive.
+        let q = Quotas::new(
+            QuotaConfig {
+                commands_per_sec: 0.01,
+                burst: 1,
+                ..QuotaConfig::default()
+            },
+            true,
+        );
+        for i in 0..3 * MAX_BUCKETS {
             let _ = q.take(&t(&format!("made-up-{i}")));
-            if i % SWEEP_ABOVE == 0 {
-                // Let the buckets refill, so they can be swept.
-                std::thread::sleep(Duration::from_millis(2));
-            }
         }
-        assert!(q.buckets.lock().len() <= SWEEP_ABOVE + 1);
+        assert!(q.buckets.lock().0.len() <= MAX_BUCKETS);
     }
 
     #[test]
-    fn aggregates_are_counted_once_then_kept_up_to_date() {
-        let q = Quotas::new(QuotaConfig {
-            max_aggregates: 2,
-            ..QuotaConfig::default()
-        });
+    fn aggregates_are_bounded_also_when_created_concurrently() {
+        let q = Quotas::new(
+            QuotaConfig {
+                max_aggregates: 2,
+                ..QuotaConfig::default()
+            },
+            true,
+        );
         let a = t("acme");
-        assert!(q.accepted(&a, true), "not counted yet");
-        assert!(!q.accepted(&a, true), "counting once");
-        q.count_failed(&a);
-        assert!(q.accepted(&a, true), "counted again after a failure");
-        q.record_count(&a, 1);
-        q.record_count(&a, 7);
-        assert_eq!(q.aggregates(&a), Some(1));
-        assert!(q.may_create(&a, 1));
+        // Unknown tenant: counted from the log each time, places held by commands in flight.
+        let first = q.reserve(&a, q.count_view(&a), 1).unwrap();
+        assert_eq!(q.reserve(&a, q.count_view(&a), 1).err(), Some(2));
+        // It creates its aggregate and is accepted; not counted yet (a bounded tenant is counted
+        // by a reservation, not in the background).
         assert!(!q.accepted(&a, true));
-        assert_eq!(q.aggregates(&a), Some(2));
-        assert!(!q.may_create(&a, 2));
+        drop(first);
+        // A quiet tenant: the count from the log is kept.
+        let view = q.count_view(&a);
+        assert_eq!(view.count, None);
+        let r = q.reserve(&a, view, 1).unwrap();
+        assert_eq!(q.count_view(&a).count, Some(1));
+        // Two places: 1 kept + 1 in flight reaches the bound.
+        assert_eq!(q.reserve(&a, q.count_view(&a), 0).err(), Some(2));
+        assert!(!q.accepted(&a, true));
+        drop(r);
+        assert_eq!(q.count_view(&a).count, Some(2));
+        assert_eq!(q.reserve(&a, q.count_view(&a), 0).err(), Some(2));
         q.refused(&a);
         q.refused(&t("stranger"));
         assert_eq!(q.report(&a).quota_refusals, 1);
         assert_eq!(q.report(&t("stranger")).quota_refusals, 0);
         assert!(q.usage.lock().get(&t("stranger")).is_none());
+        assert!(q.pending.lock().is_empty());
+    }
+
+    #[test]
+    fn a_count_from_the_log_older_than_a_creation_is_not_kept() {
+        let q = Quotas::new(
+            QuotaConfig {
+                max_aggregates: 10,
+                ..QuotaConfig::default()
+            },
+            true,
+        );
+        let a = t("acme");
+        q.accepted(&a, true);
+        let stale = q.count_view(&a);
+        // Another command reserved (and created) while this one read the log.
+        q.usage.lock()[&a].generation.fetch_add(1, Ordering::SeqCst);
+        let r = q.reserve(&a, stale, 1).unwrap();
+        assert_eq!(q.count_view(&a).count, None, "a stale count is not kept");
+        drop(r);
+        let r = q.reserve(&a, q.count_view(&a), 2).unwrap();
+        assert_eq!(q.count_view(&a).count, Some(2), "a fresh one is");
+        drop(r);
+        // In cluster mode counts are never kept.
+        let c = Quotas::new(
+            QuotaConfig {
+                max_aggregates: 10,
+                ..QuotaConfig::default()
+            },
+            false,
+        );
+        c.accepted(&a, false);
+        drop(c.reserve(&a, c.count_view(&a), 3).unwrap());
+        assert_eq!(c.count_view(&a).count, None);
     }
 }

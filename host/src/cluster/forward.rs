@@ -44,7 +44,12 @@ pub const FORWARDED_HTTP_HEADERS: [&str; 8] = [
     "accept",
 ];
 /// HTTP headers carried back from the owner.
-const ANSWER_HEADERS: [&str; 3] = ["content-type", "retry-after", NOT_OWNER_HEADER];
+const ANSWER_HEADERS: [&str; 4] = [
+    "content-type",
+    "retry-after",
+    "www-authenticate",
+    NOT_OWNER_HEADER,
+];
 /// Largest answer body sent back (NATS' default `max_payload` is 1 MiB).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
