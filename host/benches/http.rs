@@ -17,6 +17,10 @@
 //! with a notice when it is missing).
 //!
 //! `cargo bench -p aggregate-host --bench http`
+//!
+//! With `-- tenancy`: only JetStream, the same `deposit` over HTTP, over HTTP with an RS256 JWT
+//! (`http-jwt`), and over the NATS command endpoint (`nats`), at 1 and 32 clients, each compared
+//! with plain HTTP in the same run.
 
 #[path = "../tests/support/nats.rs"]
 #[allow(dead_code)]
@@ -195,80 +199,142 @@ async fn service_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
     rows
 }
 
-/// The real binary, over HTTP.
-async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_aggregate-host"));
-    cmd.arg("serve")
-        .env("AGGREGATE_DATA_DIR", dir.path())
-        .env("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if let Some(url) = &nats_url {
-        cmd.env("AGGREGATE_NATS_URL", url);
-    }
-    let mut child: Child = cmd.spawn().expect("start aggregate-host");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("listening line");
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(name))
-            .expect("address")
-            .to_string()
-    };
-    let client = Client::new(field("gateway="), field("admin="));
-    client
-        .deploy(
-            "bank-account",
-            std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(),
-        )
-        .await
-        .expect("deploy");
-    let ids = fresh_ids();
-    for id in &ids {
+/// A running `aggregate-host serve` with `bank-account` deployed and one opened account per
+/// writer.
+struct Server {
+    child: Child,
+    client: Client,
+    ids: Vec<AggregateId>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Start the real binary with extra `AGGREGATE_*` variables; `token` is the gateway JWT the
+    /// setup commands send (a host with `jwt`).
+    async fn start(nats_url: Option<&str>, env: &[(&str, String)], token: Option<String>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aggregate-host"));
+        cmd.arg("serve")
+            .env("AGGREGATE_DATA_DIR", dir.path())
+            .env("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(url) = nats_url {
+            cmd.env("AGGREGATE_NATS_URL", url);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child: Child = cmd.spawn().expect("start aggregate-host");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("listening line");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .expect("address")
+                .to_string()
+        };
+        let client = Client::new(field("gateway="), field("admin=")).with_gateway_token(token);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.ready().await.is_err() {
+            assert!(Instant::now() < deadline, "server not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         client
-            .send(
+            .deploy(
                 "bank-account",
-                &id.to_string(),
-                "open",
-                &serde_json::json!({"owner": "bench"}),
+                std::fs::read(example_artifacts::BANK_ACCOUNT).unwrap(),
             )
             .await
-            .expect("open");
+            .expect("deploy");
+        let ids = fresh_ids();
+        for id in &ids {
+            client
+                .send(
+                    "bank-account",
+                    &id.to_string(),
+                    "open",
+                    &serde_json::json!({"owner": "bench"}),
+                )
+                .await
+                .expect("open");
+        }
+        Self {
+            child,
+            client,
+            ids,
+            _dir: dir,
+        }
     }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// `deposit` over HTTP with `writers` closed loops, optionally with a bearer token.
+async fn http_deposits(
+    layer: &'static str,
+    log: &'static str,
+    server: &Server,
+    writers: usize,
+    token: Option<String>,
+) -> Row {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
-    let base = client.gateway_url().to_string();
+    let base = server.client.gateway_url().to_string();
+    closed_loop(
+        layer,
+        log,
+        server.child.id(),
+        &server.ids,
+        writers,
+        move |id| {
+            let mut request = http
+                .post(format!(
+                    "{base}/aggregates/bank-account/{id}/commands/deposit"
+                ))
+                .body(r#"{"amount":1}"#);
+            if let Some(t) = &token {
+                request = request.bearer_auth(t);
+            }
+            async move {
+                let r = request.send().await.expect("request");
+                assert!(r.status().is_success(), "{}", r.status());
+                r.bytes().await.expect("body");
+            }
+        },
+    )
+    .await
+}
+
+/// The real binary, over HTTP.
+async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
+    let server = Server::start(nats_url.as_deref(), &[], None).await;
+    let (child, ids) = (&server.child, &server.ids);
+    let base = server.client.gateway_url().to_string();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
     let mut rows = Vec::new();
     for writers in WRITERS {
-        let (http, base) = (http.clone(), base.clone());
-        rows.push(
-            closed_loop("http", log, child.id(), &ids, writers, move |id| {
-                let request = http
-                    .post(format!(
-                        "{base}/aggregates/bank-account/{id}/commands/deposit"
-                    ))
-                    .body(r#"{"amount":1}"#);
-                async move {
-                    let r = request.send().await.expect("request");
-                    assert!(r.status().is_success(), "{}", r.status());
-                    r.bytes().await.expect("body");
-                }
-            })
-            .await,
-        );
+        rows.push(http_deposits("http", log, &server, writers, None).await);
     }
     // The floor: a trivial GET through the same server, middleware and connections.
     {
         let (http, base) = (http.clone(), base.clone());
         rows.push(
-            closed_loop("http-floor", log, child.id(), &ids, 32, move |_| {
+            closed_loop("http-floor", log, child.id(), ids, 32, move |_| {
                 let request = http.get(format!("{base}/problems/version-conflict"));
                 async move {
                     request
@@ -283,10 +349,82 @@ async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
             .await,
         );
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    server.stop();
+    rows
+}
+
+/// Issue 12's rows, all on one JetStream server: `deposit` over HTTP without authentication,
+/// over HTTP with an RS256 JWT (a valid token verified on every request), and over the NATS
+/// command endpoint (request-reply on one connection).
+async fn tenancy_rows(nats_url: &str) -> Vec<Row> {
+    let log = "jetstream";
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/fixtures/jwt");
+    let claims = serde_json::json!({
+        "iss": "bench", "aud": "bench", "sub": "bench-client",
+        "exp": jsonwebtoken::get_current_timestamp() + 3600,
+    });
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(
+        &std::fs::read(fixtures.join("rs256-private.pem")).unwrap(),
+    )
+    .unwrap();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &key,
+    )
+    .unwrap();
+    let mut rows = Vec::new();
+    let plain = Server::start(Some(nats_url), &[], None).await;
+    for writers in WRITERS {
+        rows.push(http_deposits("http", log, &plain, writers, None).await);
+    }
+    let nats = async_nats::connect(nats_url).await.expect("NATS");
+    for writers in WRITERS {
+        let nats = nats.clone();
+        rows.push(
+            closed_loop(
+                "nats",
+                log,
+                plain.child.id(),
+                &plain.ids,
+                writers,
+                move |id| {
+                    let nats = nats.clone();
+                    async move {
+                        let reply = nats
+                            .request(
+                                format!("aggregate.cmd._.bank-account.{id}.deposit"),
+                                r#"{"amount":1}"#.into(),
+                            )
+                            .await
+                            .expect("NATS reply");
+                        let status = reply
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get("Aggregate-Status"))
+                            .map(|v| v.as_str().to_string());
+                        assert_eq!(status.as_deref(), Some("200"));
+                    }
+                },
+            )
+            .await,
+        );
+    }
+    plain.stop();
+    let jwt_env = [
+        (
+            "AGGREGATE_JWT_PUBLIC_KEY_FILE",
+            fixtures.join("rs256-public.pem").display().to_string(),
+        ),
+        ("AGGREGATE_JWT_ISSUER", "bench".to_string()),
+        ("AGGREGATE_JWT_AUDIENCE", "bench".to_string()),
+    ];
+    let jwt = Server::start(Some(nats_url), &jwt_env, Some(token.clone())).await;
+    for writers in WRITERS {
+        rows.push(http_deposits("http-jwt", log, &jwt, writers, Some(token.clone())).await);
+    }
+    jwt.stop();
     rows
 }
 
@@ -295,6 +433,16 @@ fn print(rows: &[Row]) {
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let vs = match r.layer {
+            "http-jwt" | "nats" => rows
+                .iter()
+                .find(|s| s.layer == "http" && s.log == r.log && s.writers == r.writers)
+                .map(|s| {
+                    format!(
+                        "{:.2}× http",
+                        r.cpu_per_command.as_secs_f64() / s.cpu_per_command.as_secs_f64()
+                    )
+                })
+                .unwrap_or_default(),
             "http" => rows
                 .iter()
                 .find(|s| s.layer == "service" && s.log == r.log && s.writers == r.writers)
@@ -332,6 +480,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::args().any(|a| a == "tenancy") {
+        // `cargo bench -p aggregate-host --bench http -- tenancy`
+        let Some(server) = nats::NatsServer::start_or_skip("tenancy bench") else {
+            println!("(skipped: no nats-server)");
+            return;
+        };
+        let mut rows = rt.block_on(tenancy_rows(&server.url()));
+        rows.sort_by_key(|r| (r.writers, r.layer));
+        print(&rows);
+        return;
+    }
     let mut rows = rt.block_on(service_rows("embedded", None));
     rows.extend(rt.block_on(http_rows("embedded", None)));
     match nats::NatsServer::start_or_skip("http bench on JetStream") {

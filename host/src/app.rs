@@ -34,6 +34,8 @@ pub struct Host {
     /// The state index filtered queries read (absent with `state_index: false`); its follower
     /// task runs until the host is dropped.
     pub index: Option<Arc<StateIndex>>,
+    /// The NATS client of the JetStream log (JetStream mode only).
+    pub nats: Option<async_nats::Client>,
     /// JWT authentication of the gateway (when `jwt` is configured), keys loaded.
     pub auth: Option<Arc<crate::api::auth::Authenticator>>,
     /// Dropping it stops the index follower.
@@ -86,6 +88,7 @@ impl Host {
         };
         let registry = Arc::new(registry.with_default_snapshot_every(config.snapshot_every));
         let mut breaker = None;
+        let mut nats = None;
         let log: Arc<dyn EventLog> = match &config.nats_url {
             Some(url) => {
                 let request_timeout =
@@ -115,6 +118,7 @@ impl Host {
                     );
                 }
                 breaker = Some(log.breaker().clone());
+                nats = Some(log.client());
                 Arc::new(log)
             }
             None => {
@@ -207,6 +211,7 @@ impl Host {
             breaker,
             cluster,
             index,
+            nats,
             auth,
             _stop: stop,
         })

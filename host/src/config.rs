@@ -143,6 +143,10 @@ pub struct Config {
     /// How long a query waits for the state index to reach the log position it must reflect,
     /// in milliseconds; then it answers 503. Default 5000.
     pub query_wait_ms: u64,
+    /// Subject prefix of the NATS command endpoint (see [`crate::api::ingress`]); served when the
+    /// host uses NATS. Default `aggregate.cmd`; empty (or `AGGREGATE_NATS_INGRESS_SUBJECT=`)
+    /// turns it off.
+    pub nats_ingress_subject: Option<String>,
     /// JWT authentication of the gateway (off when absent). Set in the file as a `jwt:` map,
     /// or by any `AGGREGATE_JWT_*` variable.
     pub jwt: Option<JwtConfig>,
@@ -281,6 +285,7 @@ impl Default for Config {
             max_streams: 4096,
             state_index: true,
             query_wait_ms: 5000,
+            nats_ingress_subject: Some(crate::api::ingress::DEFAULT_SUBJECT_PREFIX.into()),
             jwt: None,
             quotas: QuotaConfig::default(),
         }
@@ -422,6 +427,9 @@ impl Config {
             "MAX_STREAMS" => self.max_streams = num(key, &v)?,
             "STATE_INDEX" => self.state_index = flag(key, &v)?,
             "QUERY_WAIT_MS" => self.query_wait_ms = num(key, &v)?,
+            "NATS_INGRESS_SUBJECT" => {
+                self.nats_ingress_subject = (!v.trim().is_empty()).then(|| v.trim().to_string())
+            }
             "QUOTA_COMMANDS_PER_SEC" => self.quotas.commands_per_sec = num(key, &v)?,
             "QUOTA_BURST" => self.quotas.burst = num(key, &v)?,
             "QUOTA_MAX_AGGREGATES" => self.quotas.max_aggregates = num(key, &v)?,
@@ -651,6 +659,21 @@ impl Config {
                 "query_wait_ms",
                 format!("{} is outside 1..=600000", self.query_wait_ms),
             ));
+        }
+        if let Some(prefix) = self.nats_ingress_subject.as_ref().filter(|p| !p.is_empty()) {
+            let ok = prefix.split('.').all(|t| {
+                !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+            if !ok {
+                return Err(err(
+                    "nats_ingress_subject",
+                    format!(
+                        "{prefix:?}: use dot-separated tokens of ASCII letters, digits, '-' and '_' (no wildcards)"
+                    ),
+                ));
+            }
         }
         if let Some(j) = &self.jwt {
             let sources = [&j.hs256_secret_file, &j.public_key_file, &j.jwks_file]

@@ -422,6 +422,8 @@ async fn owner_of(client: &Client, tenant: &str) -> String {
 async fn commands_run_on_the_tenant_owner(cluster: &Cluster) {
     let what = "commands on the owner";
     let ids = ["a", "b", "c"];
+    // The NATS command endpoint: any host of the queue group takes a request, the owner runs it.
+    let nats = async_nats::connect(cluster.nats.url(0)).await.unwrap();
     let mut owners = std::collections::BTreeMap::new();
     for n in 0..12 {
         let tenant = format!("tenant-{n}");
@@ -483,6 +485,32 @@ async fn commands_run_on_the_tenant_owner(cluster: &Cluster) {
             .map(|e| e["metadata"]["host"].as_str().unwrap_or("none"))
             .collect();
         assert_eq!(writers, [owner.as_str(); 2], "{what}: {events}");
+        let reply = tokio::time::timeout(
+            Duration::from_secs(15),
+            nats.request(
+                format!("aggregate.cmd.{tenant}.{TYPE}.{id}.deposit"),
+                r#"{"amount": 7}"#.into(),
+            ),
+        )
+        .await
+        .expect("a NATS reply in time")
+        .expect("a NATS reply");
+        let status = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Aggregate-Status"))
+            .map(|v| v.as_str().to_string());
+        let answer: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(
+            status.as_deref(),
+            Some("200"),
+            "{what}: over NATS: {answer}"
+        );
+        assert_eq!(answer["version"], 3, "{what}: over NATS: {answer}");
+        assert_eq!(
+            answer["events"][0]["metadata"]["host"], owner,
+            "{what}: a NATS command ran on the owner"
+        );
     }
     eprintln!("CLUSTER owners of 12 tenants: {owners:?}");
     assert!(

@@ -17,6 +17,7 @@ mod errors;
 mod faults;
 mod hot_deploy;
 mod index;
+mod ingress;
 mod metrics;
 mod nats_outage;
 mod read_side;

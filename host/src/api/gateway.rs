@@ -80,7 +80,7 @@ fn aggregate(tenant: &TenantId, ty: &str, id: &str) -> Result<AggregateRef, ApiE
     })
 }
 
-fn check_command_type(t: &str) -> Result<(), InvalidValue> {
+pub(super) fn check_command_type(t: &str) -> Result<(), InvalidValue> {
     let bad = |reason: String| InvalidValue {
         field: "command type",
         reason,

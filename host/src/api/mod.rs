@@ -24,6 +24,7 @@ mod body;
 pub mod error;
 mod forward;
 mod gateway;
+pub mod ingress;
 mod lifecycle;
 pub mod quota;
 mod server;

@@ -83,6 +83,19 @@ pub async fn serve(config: Config, on_bound: impl FnOnce(Bound)) -> anyhow::Resu
     if let Some(cluster) = &host.cluster {
         cluster.clone().serve_forwards(gateway(state.clone()));
     }
+    let ingress = host
+        .config
+        .nats_ingress_subject
+        .as_ref()
+        .filter(|p| !p.is_empty());
+    if let (Some(client), Some(prefix)) = (&host.nats, ingress) {
+        super::ingress::serve(
+            client.clone(),
+            prefix.clone(),
+            gateway(state.clone()),
+            state.shutdown_signal(),
+        );
+    }
     let gateway_server = axum::serve(gateway_listener, gateway(state.clone()))
         .with_graceful_shutdown(state.listeners_closed());
     let admin_server = axum::serve(admin_listener, admin(state.clone()))

@@ -176,6 +176,9 @@ impl Cluster {
                 builder = builder.header(name, v);
             }
         }
+        // Checked by the host that forwarded it (a token it carries is checked again, for the
+        // actor); a request from the NATS ingress carries none.
+        let builder = builder.extension(crate::api::ingress::Internal);
         let (status, headers, body) = match builder.body(axum::body::Body::from(msg.payload)) {
             Ok(request) => {
                 let response = gateway

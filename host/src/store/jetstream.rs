@@ -1195,6 +1195,13 @@ impl std::fmt::Debug for JetStreamLog {
     }
 }
 
+impl JetStreamLog {
+    /// The NATS client the log uses (it reconnects by itself); for other NATS work of the host.
+    pub fn client(&self) -> async_nats::Client {
+        self.shared.client.clone()
+    }
+}
+
 impl Drop for JetStreamLog {
     fn drop(&mut self) {
         self.supervisor.abort();
