@@ -356,7 +356,7 @@ async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
 /// Issue 12's rows, all on one JetStream server: `deposit` over HTTP without authentication,
 /// over HTTP with an RS256 JWT (a valid token verified on every request), and over the NATS
 /// command endpoint (request-reply on one connection).
-async fn tenancy_rows(nats_url: &str) -> Vec<Row> {
+async fn tenancy_rows(nats_url: &str, jwt_nats_url: &str) -> Vec<Row> {
     let log = "jetstream";
     let fixtures =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e/fixtures/jwt");
@@ -420,7 +420,8 @@ async fn tenancy_rows(nats_url: &str) -> Vec<Row> {
         ("AGGREGATE_JWT_ISSUER", "bench".to_string()),
         ("AGGREGATE_JWT_AUDIENCE", "bench".to_string()),
     ];
-    let jwt = Server::start(Some(nats_url), &jwt_env, Some(token.clone())).await;
+    // Its own nats-server: its state index must not fold the first server's commits.
+    let jwt = Server::start(Some(jwt_nats_url), &jwt_env, Some(token.clone())).await;
     for writers in WRITERS {
         rows.push(http_deposits("http-jwt", log, &jwt, writers, Some(token.clone())).await);
     }
@@ -482,11 +483,14 @@ fn main() {
         .unwrap();
     if std::env::args().any(|a| a == "tenancy") {
         // `cargo bench -p aggregate-host --bench http -- tenancy`
-        let Some(server) = nats::NatsServer::start_or_skip("tenancy bench") else {
+        let (Some(server), Some(jwt_server)) = (
+            nats::NatsServer::start_or_skip("tenancy bench"),
+            nats::NatsServer::start_or_skip("tenancy bench (JWT)"),
+        ) else {
             println!("(skipped: no nats-server)");
             return;
         };
-        let mut rows = rt.block_on(tenancy_rows(&server.url()));
+        let mut rows = rt.block_on(tenancy_rows(&server.url(), &jwt_server.url()));
         rows.sort_by_key(|r| (r.writers, r.layer));
         print(&rows);
         return;

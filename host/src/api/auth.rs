@@ -13,6 +13,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+use sha2::Digest;
 
 use crate::config::{ConfigError, JwtConfig};
 use crate::types::TenantId;
@@ -92,10 +93,20 @@ struct Key {
     validation: Validation,
 }
 
+/// Tokens whose verification is remembered at most; the cache is emptied when full.
+const MAX_CACHED_TOKENS: usize = 10_000;
+
 /// Checks bearer tokens against the configured keys.
+///
+/// A token that verified is remembered (by its SHA-256) until its `exp` plus the leeway, so a
+/// client that sends the same token again is not verified again: an RS256 verification costs
+/// more than the rest of a command (BENCHMARKS.md). Only valid tokens are remembered, so made-up
+/// tokens cannot fill the cache.
 pub struct Authenticator {
     keys: Vec<Key>,
     tenant_claim: String,
+    leeway_secs: u64,
+    verified: parking_lot::Mutex<std::collections::HashMap<[u8; 32], (Principal, u64)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -255,6 +266,8 @@ impl Authenticator {
         Ok(Self {
             keys,
             tenant_claim: config.tenant_claim.clone(),
+            leeway_secs: config.leeway_secs,
+            verified: parking_lot::Mutex::default(),
         })
     }
 
@@ -286,6 +299,27 @@ impl Authenticator {
                 "the token is longer than {MAX_TOKEN_BYTES} bytes"
             )));
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((principal, until)) = self.verified.lock().get(&digest) {
+            if now <= *until {
+                return Ok(principal.clone());
+            }
+        }
+        let (principal, exp) = self.verify(token)?;
+        let mut verified = self.verified.lock();
+        if verified.len() >= MAX_CACHED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(
+            digest,
+            (principal.clone(), exp.saturating_add(self.leeway_secs)),
+        );
+        Ok(principal)
+    }
+
+    /// Verify a token with the keys: its principal and `exp`.
+    fn verify(&self, token: &str) -> Result<(Principal, u64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(map_error)?;
         let candidates: Vec<&Key> = match &header.kid {
             Some(kid) if self.keys.iter().any(|k| k.kid.is_some()) => {
@@ -311,7 +345,11 @@ impl Authenticator {
         let mut last = TokenError::BadSignature;
         for key in usable {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation) {
-                Ok(data) => return self.principal(data.claims),
+                Ok(data) => {
+                    // `exp` is required and was checked to be a number.
+                    let exp = data.claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                    return self.principal(data.claims).map(|p| (p, exp));
+                }
                 // Another key of the set may verify it.
                 Err(e) if *e.kind() == ErrorKind::InvalidSignature => {}
                 Err(e) => last = map_error(e),
@@ -511,9 +549,17 @@ mod tests {
             ..config()
         })
         .unwrap();
-        let p = auth.check(Some(&bearer(&es256(&good(), None)))).unwrap();
+        let token = es256(&good(), None);
+        let p = auth.check(Some(&bearer(&token))).unwrap();
         assert_eq!(p.tenant, Some(TenantId::new("acme").unwrap()));
         assert_eq!(p.actor.as_deref(), Some("erin"));
+        // Verified once, then remembered until exp + leeway; refused tokens are not remembered.
+        assert_eq!(auth.check(Some(&bearer(&token))).unwrap(), p);
+        assert_eq!(auth.verified.lock().len(), 1);
+        let until = auth.verified.lock().values().next().unwrap().1;
+        assert_eq!(until, good()["exp"].as_u64().unwrap() + 30);
+        assert!(auth.check(Some(b"Bearer a.b.c")).is_err());
+        assert_eq!(auth.verified.lock().len(), 1);
         let with = |f: &dyn Fn(&mut Value)| {
             let mut c = good();
             f(&mut c);
