@@ -50,17 +50,18 @@ pub(super) fn routes() -> (Routes, Routes) {
         .add(Method::GET, "/admin/tenants", tenants)
         .add(
             Method::GET,
-            "/admin/tenants/{tenant_id}/export",
+            "/admin/tenants/{tenant}/export",
             super::lifecycle::export,
         )
         .add(
             Method::POST,
-            "/admin/tenants/{tenant_id}/import",
+            "/admin/tenants/{tenant}/import",
             super::lifecycle::import,
         )
+        .add(Method::GET, "/admin/tenants/{tenant}", tenant)
         .add(
             Method::DELETE,
-            "/admin/tenants/{tenant_id}",
+            "/admin/tenants/{tenant}",
             super::lifecycle::delete,
         )
         .add(Method::POST, "/admin/drain", drain)
@@ -469,44 +470,69 @@ async fn limits(
     Ok(AxumJson(json!({ "aggregate_type": ty, "limits": limits })).into_response())
 }
 
+/// A tenant's row of `/admin/tenants`.
+async fn tenant_row(st: &AppState, t: &super::tenants::TenantStatus) -> Value {
+    let aggregates =
+        st.0.service
+            .log()
+            .list_aggregates(&t.tenant)
+            .await
+            .map(|a| a.len())
+            .ok();
+    let owner = st.0.cluster.as_ref().map(|c| c.owner_of(&t.tenant));
+    let usage = st.0.quotas.report(&t.tenant);
+    let commands = st.0.metrics.tenant_commands(&t.tenant);
+    let mut row = json!({
+        "tenant_id": t.tenant.as_str(),
+        "aggregates": aggregates,
+        "usage": {
+            "commands": commands,
+            "quota_refusals": usage.quota_refusals,
+        },
+        "quotas": {
+            "commands_per_sec": usage.limits.commands_per_sec,
+            "burst": usage.limits.burst,
+            "max_aggregates": usage.limits.max_aggregates,
+        },
+        "in_flight": t.in_flight,
+        // Cluster mode: a released tenant (a drain of one tenant) counts as draining here.
+        "draining": t.draining
+            || st.0.cluster.as_ref().is_some_and(|c| c.is_released(&t.tenant)),
+        "last_activity": t.last_activity,
+    });
+    if let Some(owner) = owner {
+        row["owner"] = json!(owner);
+    }
+    row
+}
+
 /// `GET /admin/tenants`
 async fn tenants(State(st): State<AppState>) -> Result<Response, ApiError> {
     let mut out = Vec::new();
     for t in st.0.tenants.statuses() {
-        let aggregates =
-            st.0.service
-                .log()
-                .list_aggregates(&t.tenant)
-                .await
-                .map(|a| a.len())
-                .ok();
-        let owner = st.0.cluster.as_ref().map(|c| c.owner_of(&t.tenant));
-        let usage = st.0.quotas.report(&t.tenant);
-        let commands = st.0.metrics.tenant_commands(&t.tenant);
-        let mut row = json!({
-            "tenant_id": t.tenant.as_str(),
-            "aggregates": aggregates,
-            "usage": {
-                "commands": commands,
-                "quota_refusals": usage.quota_refusals,
-            },
-            "quotas": {
-                "commands_per_sec": usage.limits.commands_per_sec,
-                "burst": usage.limits.burst,
-                "max_aggregates": usage.limits.max_aggregates,
-            },
-            "in_flight": t.in_flight,
-            // Cluster mode: a released tenant (a drain of one tenant) counts as draining here.
-            "draining": t.draining
-                || st.0.cluster.as_ref().is_some_and(|c| c.is_released(&t.tenant)),
-            "last_activity": t.last_activity,
-        });
-        if let Some(owner) = owner {
-            row["owner"] = json!(owner);
-        }
-        out.push(row);
+        out.push(tenant_row(&st, &t).await);
     }
     Ok(AxumJson(json!({ "tenants": out })).into_response())
+}
+
+/// `GET /admin/tenants/{tenant}`: one row of `/admin/tenants` (404 for a tenant not listed).
+async fn tenant(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let tenant = tenant_path(path)?;
+    let Some(status) =
+        st.0.tenants
+            .statuses()
+            .into_iter()
+            .find(|t| t.tenant == tenant)
+    else {
+        return Err(ApiError::NotFound(format!(
+            "tenant `{}` has no accepted work on this host and is not configured",
+            tenant.as_str()
+        )));
+    };
+    Ok(AxumJson(tenant_row(&st, &status).await).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -69,7 +69,7 @@ problem_types! {
     TenantDenied = "tenant-denied", 403, "Tenant denied",
         "The tenant is not hosted here, or may not act on the aggregate.";
     NotFound = "not-found", 404, "Not found",
-        "No route matches the path.";
+        "No route matches the path, or what it names does not exist (e.g. a tenant unknown to `/admin/tenants/{tenant}`).";
     UnknownAggregateType = "unknown-aggregate-type", 404, "Unknown aggregate type",
         "No component is deployed for the aggregate type.";
     UnknownAggregate = "unknown-aggregate", 404, "Unknown aggregate",
@@ -179,6 +179,9 @@ pub enum ApiError {
         /// The claim's tenant.
         claim: String,
     },
+    /// Something the path names does not exist; the message says what.
+    #[error("{0}")]
+    NotFound(String),
     /// The request conflicts with the current state; the message says how.
     #[error("{0}")]
     Conflict(String),
@@ -426,6 +429,7 @@ impl ApiError {
                 Problem::new(P::Unauthorized, t.to_string()).with("reason", t.reason())
             }
             ApiError::Conflict(m) => Problem::new(P::Conflict, m.clone()),
+            ApiError::NotFound(m) => Problem::new(P::NotFound, m.clone()),
             ApiError::TenantMismatch { header, claim } => {
                 Problem::new(P::TenantMismatch, self.to_string())
                     .with("header", header.as_str())

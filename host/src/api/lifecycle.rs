@@ -79,7 +79,7 @@ fn commits(events: Vec<Event>) -> Vec<Vec<Event>> {
     out
 }
 
-/// `GET /admin/tenants/{tenant_id}/export`: the tenant's events as NDJSON (see the module docs),
+/// `GET /admin/tenants/{tenant}/export`: the tenant's events as NDJSON (see the module docs),
 /// streamed aggregate by aggregate.
 pub(super) async fn export(
     State(st): State<AppState>,
@@ -252,7 +252,7 @@ fn parse_import(tenant: &TenantId, body: &[u8]) -> Result<Vec<Commit>, ApiError>
     }
 }
 
-/// `POST /admin/tenants/{tenant_id}/import`: append an export's commits to a tenant that has no
+/// `POST /admin/tenants/{tenant}/import`: append an export's commits to a tenant that has no
 /// data, keeping versions, command ids and event metadata. The whole body is checked before
 /// anything is written; the tenant's commands are refused while it runs.
 pub(super) async fn import(
@@ -277,7 +277,7 @@ pub(super) async fn import(
         let log = st.0.service.log();
         if !log.list_aggregates(&tenant).await.map_err(store_err)?.is_empty() {
             return Err(ApiError::Conflict(format!(
-                "tenant `{}` already has data; delete it first (DELETE /admin/tenants/{{tenant_id}})",
+                "tenant `{}` already has data; delete it first (DELETE /admin/tenants/{{tenant}})",
                 tenant.as_str()
             )));
         }
@@ -330,7 +330,7 @@ pub(super) struct DeleteQuery {
     timeout_ms: Option<u64>,
 }
 
-/// `DELETE /admin/tenants/{tenant_id}?confirm={tenant_id}`: remove the tenant's events, command
+/// `DELETE /admin/tenants/{tenant}?confirm={tenant}`: remove the tenant's events, command
 /// records, snapshots, state index entries, hot-cache entries, usage and metric series. The
 /// tenant's commands are refused meanwhile and those in flight finish first, so none of them can
 /// write after the removal.
