@@ -25,9 +25,9 @@
 #[path = "../tests/support/nats.rs"]
 #[allow(dead_code)]
 mod nats;
+#[path = "support/serve.rs"]
+mod serve;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,15 +53,7 @@ fn secs() -> Duration {
     )
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10) // CLK_TCK is 100 on Linux
-}
+use serve::{cpu_time, Serve};
 
 struct Row {
     layer: &'static str,
@@ -202,43 +194,21 @@ async fn service_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
 /// A running `aggregate-host serve` with `bank-account` deployed and one opened account per
 /// writer.
 struct Server {
-    child: Child,
+    serve: Serve,
     client: Client,
     ids: Vec<AggregateId>,
-    _dir: tempfile::TempDir,
 }
 
 impl Server {
     /// Start the real binary with extra `AGGREGATE_*` variables; `token` is the gateway JWT the
     /// setup commands send (a host with `jwt`).
     async fn start(nats_url: Option<&str>, env: &[(&str, String)], token: Option<String>) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aggregate-host"));
-        cmd.arg("serve")
-            .env("AGGREGATE_DATA_DIR", dir.path())
-            .env("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0")
-            .env("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         if let Some(url) = nats_url {
-            cmd.env("AGGREGATE_NATS_URL", url);
+            vars.push(("AGGREGATE_NATS_URL", url));
         }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child: Child = cmd.spawn().expect("start aggregate-host");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("listening line");
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .expect("address")
-                .to_string()
-        };
-        let client = Client::new(field("gateway="), field("admin=")).with_gateway_token(token);
+        let serve = Serve::start(&vars);
+        let client = serve.client.clone().with_gateway_token(token);
         let deadline = Instant::now() + Duration::from_secs(30);
         while client.ready().await.is_err() {
             assert!(Instant::now() < deadline, "server not ready");
@@ -263,19 +233,11 @@ impl Server {
                 .await
                 .expect("open");
         }
-        Self {
-            child,
-            client,
-            ids,
-            _dir: dir,
-        }
+        Self { serve, client, ids }
     }
 
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
+    fn pid(&self) -> u32 {
+        self.serve.child.id()
     }
 }
 
@@ -292,35 +254,28 @@ async fn http_deposits(
         .build()
         .unwrap();
     let base = server.client.gateway_url().to_string();
-    closed_loop(
-        layer,
-        log,
-        server.child.id(),
-        &server.ids,
-        writers,
-        move |id| {
-            let mut request = http
-                .post(format!(
-                    "{base}/aggregates/bank-account/{id}/commands/deposit"
-                ))
-                .body(r#"{"amount":1}"#);
-            if let Some(t) = &token {
-                request = request.bearer_auth(t);
-            }
-            async move {
-                let r = request.send().await.expect("request");
-                assert!(r.status().is_success(), "{}", r.status());
-                r.bytes().await.expect("body");
-            }
-        },
-    )
+    closed_loop(layer, log, server.pid(), &server.ids, writers, move |id| {
+        let mut request = http
+            .post(format!(
+                "{base}/aggregates/bank-account/{id}/commands/deposit"
+            ))
+            .body(r#"{"amount":1}"#);
+        if let Some(t) = &token {
+            request = request.bearer_auth(t);
+        }
+        async move {
+            let r = request.send().await.expect("request");
+            assert!(r.status().is_success(), "{}", r.status());
+            r.bytes().await.expect("body");
+        }
+    })
     .await
 }
 
 /// The real binary, over HTTP.
 async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
     let server = Server::start(nats_url.as_deref(), &[], None).await;
-    let (child, ids) = (&server.child, &server.ids);
+    let (pid, ids) = (server.pid(), &server.ids);
     let base = server.client.gateway_url().to_string();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
@@ -334,7 +289,7 @@ async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
     {
         let (http, base) = (http.clone(), base.clone());
         rows.push(
-            closed_loop("http-floor", log, child.id(), ids, 32, move |_| {
+            closed_loop("http-floor", log, pid, ids, 32, move |_| {
                 let request = http.get(format!("{base}/problems/version-conflict"));
                 async move {
                     request
@@ -349,7 +304,7 @@ async fn http_rows(log: &'static str, nats_url: Option<String>) -> Vec<Row> {
             .await,
         );
     }
-    server.stop();
+    drop(server);
     rows
 }
 
@@ -383,35 +338,28 @@ async fn tenancy_rows(nats_url: &str, jwt_nats_url: &str) -> Vec<Row> {
     for writers in WRITERS {
         let nats = nats.clone();
         rows.push(
-            closed_loop(
-                "nats",
-                log,
-                plain.child.id(),
-                &plain.ids,
-                writers,
-                move |id| {
-                    let nats = nats.clone();
-                    async move {
-                        let reply = nats
-                            .request(
-                                format!("aggregate.cmd._.bank-account.{id}.deposit"),
-                                r#"{"amount":1}"#.into(),
-                            )
-                            .await
-                            .expect("NATS reply");
-                        let status = reply
-                            .headers
-                            .as_ref()
-                            .and_then(|h| h.get("Aggregate-Status"))
-                            .map(|v| v.as_str().to_string());
-                        assert_eq!(status.as_deref(), Some("200"));
-                    }
-                },
-            )
+            closed_loop("nats", log, plain.pid(), &plain.ids, writers, move |id| {
+                let nats = nats.clone();
+                async move {
+                    let reply = nats
+                        .request(
+                            format!("aggregate.cmd._.bank-account.{id}.deposit"),
+                            r#"{"amount":1}"#.into(),
+                        )
+                        .await
+                        .expect("NATS reply");
+                    let status = reply
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("Aggregate-Status"))
+                        .map(|v| v.as_str().to_string());
+                    assert_eq!(status.as_deref(), Some("200"));
+                }
+            })
             .await,
         );
     }
-    plain.stop();
+    drop(plain);
     let jwt_env = [
         (
             "AGGREGATE_JWT_PUBLIC_KEY_FILE",
@@ -425,7 +373,7 @@ async fn tenancy_rows(nats_url: &str, jwt_nats_url: &str) -> Vec<Row> {
     for writers in WRITERS {
         rows.push(http_deposits("http-jwt", log, &jwt, writers, Some(token.clone())).await);
     }
-    jwt.stop();
+    drop(jwt);
     rows
 }
 

@@ -19,15 +19,15 @@
 
 #[path = "../tests/support/components.rs"]
 mod components;
+#[path = "support/serve.rs"]
+mod serve;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aggregate_host::client::{Client, ClientError};
+use aggregate_host::client::ClientError;
 
 fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
@@ -42,65 +42,7 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10) // CLK_TCK is 100 on Linux
-}
-
-struct Server {
-    child: Child,
-    client: Client,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(vars: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aggregate-host"));
-        cmd.arg("serve")
-            .env("AGGREGATE_DATA_DIR", dir.path())
-            .env("AGGREGATE_GATEWAY_LISTEN", "127.0.0.1:0")
-            .env("AGGREGATE_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("RUST_LOG", "warn")
-            .envs(vars.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("start aggregate-host");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("listening line");
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .expect("address")
-                .to_string()
-        };
-        let client = Client::new(field("gateway="), field("admin="));
-        Self {
-            child,
-            client,
-            _dir: dir,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
+use serve::{cpu_time, Serve as Server};
 
 fn polyglot(file: &str) -> PathBuf {
     Path::new(example_artifacts::POLYGLOT_DIR).join(file)
@@ -138,7 +80,7 @@ async fn refusal_and_compile() {
         Err(e) => panic!("{e}"),
     };
     for attempt in 1..=5 {
-        let (rss, cpu) = (status_kib(s.pid(), "VmRSS:"), cpu_time(s.pid()));
+        let (rss, cpu) = (status_kib(s.child.id(), "VmRSS:"), cpu_time(s.child.id()));
         let t = Instant::now();
         let r = s.client.deploy("bank-account", forbidden.clone()).await;
         let took = t.elapsed();
@@ -152,12 +94,12 @@ async fn refusal_and_compile() {
             forbidden.len(),
             answer(r),
             took,
-            cpu_time(s.pid()) - cpu,
+            cpu_time(s.child.id()) - cpu,
             rss,
-            status_kib(s.pid(), "VmRSS:"),
+            status_kib(s.child.id(), "VmRSS:"),
         );
     }
-    let (rss, cpu) = (status_kib(s.pid(), "VmRSS:"), cpu_time(s.pid()));
+    let (rss, cpu) = (status_kib(s.child.id(), "VmRSS:"), cpu_time(s.child.id()));
     let t = Instant::now();
     let r = s.client.deploy("bank-account", allowed.clone()).await;
     row(
@@ -165,9 +107,9 @@ async fn refusal_and_compile() {
         allowed.len(),
         answer(r),
         t.elapsed(),
-        cpu_time(s.pid()) - cpu,
+        cpu_time(s.child.id()) - cpu,
         rss,
-        status_kib(s.pid(), "VmRSS:"),
+        status_kib(s.child.id(), "VmRSS:"),
     );
 }
 
@@ -192,7 +134,7 @@ async fn compiles_under_load(slots: usize) {
         )
         .await
         .expect("open");
-    let idle_rss = status_kib(s.pid(), "VmRSS:");
+    let idle_rss = status_kib(s.child.id(), "VmRSS:");
     // The same writer for 5 s with no upload: the baseline.
     let mut idle = Vec::new();
     let t = Instant::now();
@@ -258,7 +200,7 @@ async fn compiles_under_load(slots: usize) {
         "| {slots} | {:.1} | {:.1} | {:.1} | {idle_rate:.0} / {idle_p99:.2} | {} | {:.1} | {:.2} | {:.2} | {:.1} |",
         wall.as_secs_f64(),
         mib(idle_rss),
-        mib(status_kib(s.pid(), "VmHWM:")),
+        mib(status_kib(s.child.id(), "VmHWM:")),
         lat.len(),
         lat.len() as f64 / wall.as_secs_f64(),
         pct(0.5),

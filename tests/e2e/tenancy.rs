@@ -60,6 +60,11 @@ fn hs256(secret: &[u8], claims: &Value) -> String {
     .unwrap()
 }
 
+/// A valid RS256 token (the fixture key) for `tenant` and `sub`.
+fn rs(tenant: Option<&str>, sub: &str) -> Option<String> {
+    Some(rs256("rs256-private.pem", &claims(tenant, sub)))
+}
+
 fn as_caller(host: &crate::support::HostProcess, token: Option<String>) -> Client {
     host.client().with_gateway_token(token)
 }
@@ -92,10 +97,7 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
     let open = json!({"owner": "Ada"});
 
     // A valid token, no x-tenant-id: the claim's tenant is used.
-    let alice = as_caller(
-        &host,
-        Some(rs256("rs256-private.pem", &claims(Some("acme"), "alice"))),
-    );
+    let alice = as_caller(&host, rs(Some("acme"), "alice"));
     let answer = alice
         .send("bank-account", &id, "open", &open)
         .await
@@ -103,10 +105,7 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
     assert_eq!(answer["version"], 1);
     let state = host
         .tenant("acme")
-        .with_gateway_token(Some(rs256(
-            "rs256-private.pem",
-            &claims(Some("acme"), "alice"),
-        )))
+        .with_gateway_token(rs(Some("acme"), "alice"))
         .state("bank-account", &id)
         .await
         .unwrap();
@@ -118,10 +117,7 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
         "{events}"
     );
     // Another tenant's token does not see acme's aggregate.
-    let bob = as_caller(
-        &host,
-        Some(rs256("rs256-private.pem", &claims(Some("globex"), "bob"))),
-    );
+    let bob = as_caller(&host, rs(Some("globex"), "bob"));
     problem(
         bob.state("bank-account", &id).await,
         404,
@@ -149,10 +145,7 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
         ),
         ("malformed", Some("not.a.token".to_string())),
         // A multi-tenant host takes the tenant from the token only.
-        (
-            "claim",
-            Some(rs256("rs256-private.pem", &claims(None, "alice"))),
-        ),
+        ("claim", rs(None, "alice")),
     ];
     let mut details = std::collections::HashSet::new();
     for (reason, token) in cases {
@@ -180,10 +173,7 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
     // Header and claim disagree: 403, and nothing is written.
     let p = problem(
         host.tenant("globex")
-            .with_gateway_token(Some(rs256(
-                "rs256-private.pem",
-                &claims(Some("acme"), "alice"),
-            )))
+            .with_gateway_token(rs(Some("acme"), "alice"))
             .send("bank-account", &id, "deposit", &json!({"amount": 5}))
             .await,
         403,
@@ -196,10 +186,7 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
     // Header and claim agree: accepted.
     let answer = host
         .tenant("acme")
-        .with_gateway_token(Some(rs256(
-            "rs256-private.pem",
-            &claims(Some("acme"), "carol"),
-        )))
+        .with_gateway_token(rs(Some("acme"), "carol"))
         .send("bank-account", &id, "deposit", &json!({"amount": 5}))
         .await
         .unwrap();
@@ -211,10 +198,7 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
     );
     // A tenant taken from the token meets its quota, and the refusal is counted under it; a
     // refused token's x-tenant-id is counted under nobody.
-    let limited = as_caller(
-        &host,
-        Some(rs256("rs256-private.pem", &claims(Some("limited"), "lim"))),
-    );
+    let limited = as_caller(&host, rs(Some("limited"), "lim"));
     limited
         .send("bank-account", &new_id(), "open", &open)
         .await
@@ -488,6 +472,20 @@ async fn admin_raw(
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// `DELETE /admin/tenants/{tenant}?confirm={tenant}`, which must succeed; its answer.
+async fn delete_tenant(host: &crate::support::HostProcess, tenant: &str) -> Value {
+    let path = format!("/admin/tenants/{tenant}?confirm={tenant}");
+    let (status, body) = admin_raw(host, reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// `POST /admin/tenants/{tenant}/import` with `body`: status and answer.
+async fn import(host: &crate::support::HostProcess, tenant: &str, body: String) -> (u16, String) {
+    let path = format!("/admin/tenants/{tenant}/import");
+    admin_raw(host, reqwest::Method::POST, &path, Some(body)).await
+}
+
 async fn export_delete_import_round_trip(backend: Backend) {
     let Some(env) = Env::new(backend, "e2e tenant lifecycle on JetStream") else {
         return;
@@ -569,15 +567,7 @@ async fn export_delete_import_round_trip(backend: Backend) {
         4,
         "a refused delete changed nothing"
     );
-    let (status, body) = admin_raw(
-        &host,
-        reqwest::Method::DELETE,
-        "/admin/tenants/acme?confirm=acme",
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let deleted: Value = serde_json::from_str(&body).unwrap();
+    let deleted = delete_tenant(&host, "acme").await;
     assert_eq!(deleted["aggregates"], 4, "{deleted}");
 
     // Nothing of acme is readable any more; globex is untouched.
@@ -621,13 +611,7 @@ async fn export_delete_import_round_trip(backend: Backend) {
 
     // A bad import changes nothing: a cut-short export, a gap in versions.
     let cut: String = export.lines().take(3).map(|l| format!("{l}\n")).collect();
-    let (status, body) = admin_raw(
-        &host,
-        reqwest::Method::POST,
-        "/admin/tenants/acme/import",
-        Some(cut),
-    )
-    .await;
+    let (status, body) = import(&host, "acme", cut).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("end line"), "{body}");
     let gap: String = export
@@ -636,13 +620,7 @@ async fn export_delete_import_round_trip(backend: Backend) {
         .filter(|(i, _)| *i != 1)
         .map(|(_, l)| format!("{l}\n"))
         .collect();
-    let (status, body) = admin_raw(
-        &host,
-        reqwest::Method::POST,
-        "/admin/tenants/acme/import",
-        Some(gap),
-    )
-    .await;
+    let (status, body) = import(&host, "acme", gap).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("line 2"), "{body}");
     problem(
@@ -652,13 +630,7 @@ async fn export_delete_import_round_trip(backend: Backend) {
     );
 
     // Import: the same states and versions, and the command ids are still known.
-    let (status, body) = admin_raw(
-        &host,
-        reqwest::Method::POST,
-        "/admin/tenants/acme/import",
-        Some(export.clone()),
-    )
-    .await;
+    let (status, body) = import(&host, "acme", export.clone()).await;
     assert_eq!(status, 200, "{body}");
     let imported: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -690,13 +662,7 @@ async fn export_delete_import_round_trip(backend: Backend) {
         (again["duplicate"].as_bool(), again["version"].as_u64()),
         (Some(true), Some(1))
     );
-    let (status, body) = admin_raw(
-        &host,
-        reqwest::Method::POST,
-        "/admin/tenants/acme/import",
-        Some(export.clone()),
-    )
-    .await;
+    let (status, body) = import(&host, "acme", export.clone()).await;
     assert_eq!(status, 409, "a tenant with data refuses an import: {body}");
 
     // A delete racing commands: whatever is left was recorded after the delete let the tenant in
@@ -724,15 +690,7 @@ async fn export_delete_import_round_trip(backend: Backend) {
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let (status, body) = admin_raw(
-        &host,
-        reqwest::Method::DELETE,
-        "/admin/tenants/acme?confirm=acme",
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let deleted: Value = serde_json::from_str(&body).unwrap();
+    let deleted = delete_tenant(&host, "acme").await;
     let deleted_at: chrono::DateTime<chrono::Utc> =
         deleted["deleted_at"].as_str().unwrap().parse().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -265,15 +265,7 @@ pub(super) async fn import(
     let limit = st.0.config.max_component_mb << 20;
     let body = super::body::read(body, limit, "import").await?;
     let commits = parse_import(&tenant, &body)?;
-    let was_draining = st.0.tenants.is_draining(&tenant);
-    let running = st.0.tenants.drain(&tenant, DEFAULT_WAIT).await;
-    let outcome = async {
-        if running > 0 {
-            return Err(ApiError::Conflict(format!(
-                "tenant `{}` still has {running} commands running; try again",
-                tenant.as_str()
-            )));
-        }
+    let (was_draining, outcome) = drained(&st, &tenant, DEFAULT_WAIT, async {
         let log = st.0.service.log();
         if !log.list_aggregates(&tenant).await.map_err(store_err)?.is_empty() {
             return Err(ApiError::Conflict(format!(
@@ -298,7 +290,7 @@ pub(super) async fn import(
             events += commit.events.len() as u64;
         }
         Ok((aggregates.len(), events))
-    }
+    })
     .await;
     if !was_draining {
         st.0.tenants.resume(&tenant);
@@ -330,6 +322,29 @@ pub(super) struct DeleteQuery {
     timeout_ms: Option<u64>,
 }
 
+/// Run `work` with `tenant`'s new commands refused and those in flight finished (waiting at most
+/// `wait`; 409 `conflict` and `work` not run when some still run). Returns whether the tenant
+/// was drained before: the caller lets it in again (or not) afterwards.
+async fn drained<T>(
+    st: &AppState,
+    tenant: &TenantId,
+    wait: Duration,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> (bool, Result<T, ApiError>) {
+    let was_draining = st.0.tenants.is_draining(tenant);
+    let running = st.0.tenants.drain(tenant, wait).await;
+    let outcome = if running > 0 {
+        Err(ApiError::Conflict(format!(
+            "tenant `{}` still has {running} commands running after {} ms; nothing was changed",
+            tenant.as_str(),
+            wait.as_millis()
+        )))
+    } else {
+        work.await
+    };
+    (was_draining, outcome)
+}
+
 /// `DELETE /admin/tenants/{tenant}?confirm={tenant}`: remove the tenant's events, command
 /// records, snapshots, state index entries, hot-cache entries, usage and metric series. The
 /// tenant's commands are refused meanwhile and those in flight finish first, so none of them can
@@ -353,22 +368,16 @@ pub(super) async fn delete(
     }
     refuse_in_cluster(&st, "deleting a tenant")?;
     let wait = q.timeout_ms.map_or(DEFAULT_WAIT, Duration::from_millis);
-    let was_draining = st.0.tenants.is_draining(&tenant);
-    let running = st.0.tenants.drain(&tenant, wait).await;
-    let outcome = async {
-        if running > 0 {
-            return Err(ApiError::Conflict(format!(
-                "tenant `{key}` still has {running} commands running after {} ms; nothing was deleted",
-                wait.as_millis()
-            )));
-        }
+    let (was_draining, outcome) = drained(&st, &tenant, wait, async {
         // The index must have applied every commit of the tenant before its entries go, or it
         // would write them again.
         let log = st.0.service.log();
         if let Some(index) = &st.0.index {
             let position = log.position().await.map_err(store_err)?;
             index.wait_for(position, wait).await.map_err(|e| {
-                ApiError::QueryUnavailable(format!("nothing was deleted: the state index is behind: {e}"))
+                ApiError::QueryUnavailable(format!(
+                    "nothing was deleted: the state index is behind: {e}"
+                ))
             })?;
         }
         let aggregates = st.0.service.delete_tenant(&tenant).await?;
@@ -380,7 +389,7 @@ pub(super) async fn delete(
             None => 0,
         };
         Ok((aggregates, index_entries))
-    }
+    })
     .await;
     let (aggregates, index_entries) = match outcome {
         Ok(v) => v,
@@ -391,6 +400,7 @@ pub(super) async fn delete(
             return Err(e);
         }
     };
+    // (The tenant stays drained until its usage and metric series are gone.)
     st.0.quotas.forget(&tenant);
     st.0.metrics.forget_tenant(&tenant);
     // Taken before the tenant's commands are let in again: everything of it recorded from now on
