@@ -143,6 +143,9 @@ pub struct Config {
     /// How long a query waits for the state index to reach the log position it must reflect,
     /// in milliseconds; then it answers 503. Default 5000.
     pub query_wait_ms: u64,
+    /// Largest tenant import body (`POST /admin/tenants/{tenant}/import`), in MiB; it is held in
+    /// memory while checked (about three times its size). Default 256.
+    pub max_import_mb: usize,
     /// Subject prefix of the NATS command endpoint (see [`crate::api::ingress`]); served when the
     /// host uses NATS. Default `aggregate.cmd`; empty (or `AGGREGATE_NATS_INGRESS_SUBJECT=`)
     /// turns it off.
@@ -285,6 +288,7 @@ impl Default for Config {
             max_streams: 4096,
             state_index: true,
             query_wait_ms: 5000,
+            max_import_mb: 256,
             nats_ingress_subject: Some(crate::api::ingress::DEFAULT_SUBJECT_PREFIX.into()),
             jwt: None,
             quotas: QuotaConfig::default(),
@@ -427,6 +431,7 @@ impl Config {
             "MAX_STREAMS" => self.max_streams = num(key, &v)?,
             "STATE_INDEX" => self.state_index = flag(key, &v)?,
             "QUERY_WAIT_MS" => self.query_wait_ms = num(key, &v)?,
+            "MAX_IMPORT_MB" => self.max_import_mb = num(key, &v)?,
             "NATS_INGRESS_SUBJECT" => {
                 self.nats_ingress_subject = (!v.trim().is_empty()).then(|| v.trim().to_string())
             }
@@ -658,6 +663,12 @@ impl Config {
             return Err(err(
                 "query_wait_ms",
                 format!("{} is outside 1..=600000", self.query_wait_ms),
+            ));
+        }
+        if !(1..=65_536).contains(&self.max_import_mb) {
+            return Err(err(
+                "max_import_mb",
+                format!("{} is outside 1..=65536", self.max_import_mb),
             ));
         }
         if let Some(prefix) = self.nats_ingress_subject.as_ref().filter(|p| !p.is_empty()) {

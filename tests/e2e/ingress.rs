@@ -138,6 +138,16 @@ async fn commands_over_nats() {
         (again["duplicate"].as_bool(), again["version"].as_u64()),
         (Some(true), Some(2))
     );
+    // Header names in any case, as over HTTP.
+    let (status, _, again) = request(
+        &nats,
+        subject("acme", "deposit"),
+        &[("X-Command-Id", &deposit_id)],
+        r#"{"amount": 100}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["duplicate"].as_bool(), Some(true), "{again}");
 
     // Errors: the status header, the service error code and the problem JSON.
     // (subject, headers, payload, status, problem)
@@ -239,7 +249,7 @@ async fn commands_over_nats() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"outcome="duplicate",tenant_id="acme"} 1"#),
+        metrics.contains(r#"outcome="duplicate",tenant_id="acme"} 2"#),
         "{metrics}"
     );
     // Over HTTP, the same host wants a token.

@@ -146,6 +146,9 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
         ("malformed", Some("not.a.token".to_string())),
         // A multi-tenant host takes the tenant from the token only.
         ("claim", rs(None, "alice")),
+        // An empty tenant claim, and the reserved `_`, name no tenant.
+        ("claim", rs(Some(""), "alice")),
+        ("claim", rs(Some("_"), "alice")),
     ];
     let mut details = std::collections::HashSet::new();
     for (reason, token) in cases {
@@ -154,11 +157,28 @@ async fn jwt_authenticates_the_gateway(backend: Backend) {
             .await;
         let p = problem(r, 401, "unauthorized");
         assert_eq!(p["reason"], reason, "{p}");
-        assert!(
-            details.insert(p["detail"].as_str().unwrap().to_string()),
-            "{p}"
-        );
+        details.insert(p["detail"].as_str().unwrap().to_string());
     }
+    assert_eq!(details.len(), 6, "six reasons, six messages: {details:?}");
+    // Two Authorization headers (a valid token and another): refused, not the first taken.
+    let raw = reqwest::Client::new()
+        .post(format!(
+            "{}/aggregates/bank-account/{}/commands/open",
+            host.gateway,
+            new_id()
+        ))
+        .header(
+            "authorization",
+            format!("Bearer {}", rs(Some("acme"), "alice").unwrap()),
+        )
+        .header("authorization", "Bearer garbage")
+        .json(&open)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 401);
+    let p: Value = raw.json().await.unwrap();
+    assert_eq!(p["reason"], "malformed", "{p}");
     // The WWW-Authenticate header names the gateway's realm.
     let raw = reqwest::Client::new()
         .get(format!("{}/aggregates/bank-account/{id}", host.gateway))
@@ -629,13 +649,52 @@ async fn export_delete_import_round_trip(backend: Backend) {
         "unknown-aggregate",
     );
 
-    // Import: the same states and versions, and the command ids are still known.
+    // Events the component cannot apply are refused before anything is written.
+    let unappliable = export.replacen(
+        r#""payload":{"amount":10}"#,
+        r#""payload":{"amount":"lots"}"#,
+        1,
+    );
+    assert_ne!(unappliable, export, "the export has a deposit of 10");
+    let (status, body) = import(&host, "acme", unappliable).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("cannot be applied"), "{body}");
+    problem(
+        acme.state("bank-account", &ids[0]).await,
+        404,
+        "unknown-aggregate",
+    );
+
+    // An import that stopped part-way (here: only its first 5 commits were sent) is continued
+    // with resume=true; then the same states and versions, and the command ids are still known.
+    let first: String = export
+        .lines()
+        .take(5)
+        .map(|l| format!("{l}\n"))
+        .chain(std::iter::once(
+            "{\"end\":{\"commits\":5,\"events\":5}}\n".to_string(),
+        ))
+        .collect();
+    let (status, body) = import(&host, "acme", first).await;
+    assert_eq!(status, 200, "{body}");
     let (status, body) = import(&host, "acme", export.clone()).await;
+    assert_eq!(status, 409, "without resume: {body}");
+    let (status, body) = admin_raw(
+        &host,
+        reqwest::Method::POST,
+        "/admin/tenants/acme/import?resume=true",
+        Some(export.clone()),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let imported: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
-        (imported["commits"].as_u64(), imported["events"].as_u64()),
-        (Some(16), Some(16))
+        (
+            imported["commits"].as_u64(),
+            imported["skipped"].as_u64(),
+            imported["events"].as_u64()
+        ),
+        (Some(16), Some(5), Some(16))
     );
     for (id, state) in ids.iter().zip(&before) {
         let now = acme.state("bank-account", id).await.unwrap();

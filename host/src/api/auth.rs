@@ -361,7 +361,8 @@ impl Authenticator {
     fn principal(&self, claims: Map<String, Value>) -> Result<Principal, TokenError> {
         let tenant = match claims.get(&self.tenant_claim) {
             None | Some(Value::Null) => None,
-            Some(Value::String(t)) => {
+            // An empty claim would mean the single tenant; a token names a tenant or none.
+            Some(Value::String(t)) if !t.is_empty() => {
                 Some(TenantId::new(t).map_err(|_| TokenError::Claim(self.tenant_claim.clone()))?)
             }
             Some(_) => return Err(TokenError::Claim(self.tenant_claim.clone())),
@@ -431,6 +432,21 @@ pub(super) async fn authenticate(
         response.extensions_mut().insert(AuthTenant(None));
         response
     };
+    // One token and one tenant: with two of either, which one counts would be a guess.
+    if request
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .count()
+        > 1
+    {
+        let e = TokenError::Malformed("more than one Authorization header".into());
+        return refuse(request, e.into());
+    }
+    if request.headers().get_all(TENANT_HEADER).iter().count() > 1 {
+        let e = ApiError::BadRequest("more than one x-tenant-id header".into());
+        return refuse(request, e);
+    }
     let checked = auth.check(
         request
             .headers()

@@ -10,9 +10,11 @@
 //!
 //! # Message
 //!
-//! The payload is the command's JSON object. Headers, as over HTTP: `x-command-id`,
-//! `x-expected-version`, `x-correlation-id`, `traceparent`, and optionally `x-tenant-id`, which
-//! must name the subject's tenant.
+//! The payload is the command's JSON object. Headers, as over HTTP (names in any case):
+//! `x-command-id`, `x-expected-version`, `x-correlation-id`, `traceparent`, optionally
+//! `x-tenant-id`, which must name the subject's tenant, and `authorization` (with JWT on, a token
+//! is checked and its `sub` recorded as the actor; none is needed). A message without a reply
+//! subject is ignored.
 //!
 //! # Reply
 //!
@@ -48,13 +50,15 @@ pub const STATUS_HEADER: &str = "Aggregate-Status";
 const MAX_IN_FLIGHT: usize = 1024;
 /// Largest reply body (NATS' default `max_payload` is 1 MiB).
 const MAX_REPLY_BYTES: usize = 1 << 20;
-/// The headers copied from the NATS request to the gateway request.
-const COPIED_HEADERS: [&str; 5] = [
+/// The headers copied from the NATS request to the gateway request (names matched without
+/// regard to case, as in HTTP).
+const COPIED_HEADERS: [&str; 6] = [
     "x-command-id",
     "x-expected-version",
     "x-correlation-id",
     "traceparent",
     "x-tenant-id",
+    "authorization",
 ];
 
 /// Marks a request made by the host itself (NATS ingress, a forward from a cluster peer): JWT
@@ -151,18 +155,26 @@ fn command_path(rest: &str) -> Result<(Option<TenantId>, String), ApiError> {
 /// Answer one request: run it through the gateway and reply with its answer.
 async fn handle(gateway: axum::Router, prefix: &str, request: async_nats::service::Request) {
     let message = &request.message;
+    if message.reply.is_none() {
+        // A publish, not a request: nobody could learn the outcome, so nothing runs.
+        tracing::debug!(subject = %message.subject, "NATS command without a reply subject ignored");
+        return;
+    }
     let rest = message
         .subject
         .as_str()
         .strip_prefix(prefix)
         .and_then(|r| r.strip_prefix('.'))
         .unwrap_or_default();
+    // NATS header names are case-sensitive; HTTP's are not, and the endpoint takes them "as over
+    // HTTP". The first value of the first name that matches.
     let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
+        message.headers.as_ref().and_then(|h| {
+            h.iter()
+                .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
+                .and_then(|(_, values)| values.first())
+                .map(|v| v.as_str().to_string())
+        })
     };
     let response = match command_path(rest) {
         Err(e) => e.into_response(),

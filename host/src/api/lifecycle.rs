@@ -252,57 +252,117 @@ fn parse_import(tenant: &TenantId, body: &[u8]) -> Result<Vec<Commit>, ApiError>
     }
 }
 
-/// `POST /admin/tenants/{tenant}/import`: append an export's commits to a tenant that has no
-/// data, keeping versions, command ids and event metadata. The whole body is checked before
-/// anything is written; the tenant's commands are refused while it runs.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ImportQuery {
+    /// Continue an import that stopped part-way: commits already in the log are skipped.
+    #[serde(default)]
+    resume: bool,
+}
+
+/// Fold each aggregate's imported events with the active component of its type, so that an
+/// import the component cannot apply (an unknown event, a payload it refuses) is refused before
+/// anything is written. `commits` are in file order; a refusal names the aggregate's first line.
+async fn check_apply(st: &AppState, commits: &[Commit]) -> Result<(), ApiError> {
+    let mut per_aggregate: Vec<(usize, &AggregateRef, Vec<Event>)> = Vec::new();
+    let mut index: HashMap<&AggregateRef, usize> = HashMap::new();
+    for (i, c) in commits.iter().enumerate() {
+        let k = *index.entry(&c.aggregate).or_insert_with(|| {
+            per_aggregate.push((i + 1, &c.aggregate, Vec::new()));
+            per_aggregate.len() - 1
+        });
+        per_aggregate[k].2.extend(c.events.iter().cloned());
+    }
+    for (line, aggregate, events) in per_aggregate {
+        st.0.service
+            .fold_events(aggregate, None, events)
+            .await
+            .map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "import line {line}: the events of {aggregate} cannot be applied by the active `{}` component: {e}",
+                    aggregate.aggregate_type.as_str()
+                ))
+            })?;
+    }
+    Ok(())
+}
+
+/// `POST /admin/tenants/{tenant}/import[?resume=true]`: append an export's commits to a tenant
+/// that has no data, keeping versions, command ids and event metadata. The whole body is checked
+/// first (its shape, then each aggregate folded by the active component of its type); the
+/// tenant's commands are refused while it runs. An import that stopped part-way (the log became
+/// unavailable) is continued with `resume=true`: commits already in the log are skipped.
 pub(super) async fn import(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<ImportQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let tenant = super::admin::tenant_path(path)?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
     refuse_in_cluster(&st, "importing a tenant")?;
-    let limit = st.0.config.max_component_mb << 20;
+    let limit = st.0.config.max_import_mb << 20;
     let body = super::body::read(body, limit, "import").await?;
     let commits = parse_import(&tenant, &body)?;
+    drop(body);
+    check_apply(&st, &commits).await?;
+    let mut written = 0usize;
     let (was_draining, outcome) = drained(&st, &tenant, DEFAULT_WAIT, async {
         let log = st.0.service.log();
-        if !log.list_aggregates(&tenant).await.map_err(store_err)?.is_empty() {
+        if !q.resume && !log.list_aggregates(&tenant).await.map_err(store_err)?.is_empty() {
             return Err(ApiError::Conflict(format!(
-                "tenant `{}` already has data; delete it first (DELETE /admin/tenants/{{tenant}})",
+                "tenant `{}` already has data; delete it first (DELETE /admin/tenants/{{tenant}}), or continue an import that stopped with ?resume=true",
                 tenant.as_str()
             )));
         }
-        let (mut aggregates, mut events) = (HashSet::new(), 0u64);
+        let (mut aggregates, mut events, mut skipped) = (HashSet::new(), 0u64, 0usize);
         for (done, commit) in commits.iter().enumerate() {
             let appended = log.append(commit.clone()).await.map_err(|e| {
                 tracing::error!(tenant_id = tenant.as_str(), done, error = %e, "import stopped part-way");
-                ApiError::Service(ServiceError::from(e))
+                match e {
+                    crate::store::StoreError::Unavailable(m) => ApiError::Service(ServiceError::from(
+                        crate::store::StoreError::Unavailable(format!(
+                            "{m}; {done} of {} commits were imported: continue with ?resume=true",
+                            commits.len()
+                        )),
+                    )),
+                    e => ApiError::Service(ServiceError::from(e)),
+                }
             })?;
             if appended.duplicate {
-                return Err(ApiError::Conflict(format!(
-                    "command {} was already recorded: the log still remembers it (imported {done} of {} commits)",
-                    commit.command_id,
-                    commits.len()
-                )));
+                if !q.resume || appended.version != commit.next_version() {
+                    return Err(ApiError::Conflict(format!(
+                        "command {} was already recorded (at version {} of {}): the log still remembers it (imported {done} of {} commits)",
+                        commit.command_id,
+                        appended.version.0,
+                        appended.aggregate,
+                        commits.len()
+                    )));
+                }
+                skipped += 1;
+            } else {
+                written += 1;
             }
             aggregates.insert(commit.aggregate.clone());
             events += commit.events.len() as u64;
         }
-        Ok((aggregates.len(), events))
+        Ok((aggregates.len(), events, skipped))
     })
     .await;
     if !was_draining {
         st.0.tenants.resume(&tenant);
     }
-    let (aggregates, events) = outcome?;
-    if aggregates > 0 {
+    if written > 0 {
+        // It has data now (also when the import stopped part-way): list it, count it.
         st.tenant_accepted(&tenant);
+        st.0.quotas.accepted(&tenant, false);
     }
+    let (aggregates, events, skipped) = outcome?;
     tracing::info!(
         tenant_id = tenant.as_str(),
         aggregates,
         commits = commits.len(),
+        skipped,
         events,
         "tenant imported"
     );
@@ -310,6 +370,7 @@ pub(super) async fn import(
         "tenant_id": tenant.as_str(),
         "aggregates": aggregates,
         "commits": commits.len(),
+        "skipped": skipped,
         "events": events,
     }))
     .into_response())

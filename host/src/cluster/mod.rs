@@ -64,7 +64,7 @@ pub const PREPARE_SUBJECT: &str = "aggregate.cluster.prepare";
 /// the host id the tenant is pinned to.
 pub const PLACEMENT_BUCKET: &str = "TENANT_PLACEMENT";
 /// The key of the single (unnamed) tenant in [`PLACEMENT_BUCKET`].
-pub const SINGLE_TENANT_KEY: &str = "_";
+pub const SINGLE_TENANT_KEY: &str = crate::types::RESERVED_TENANT;
 
 /// The subject on which host `host_id` answers requests forwarded by other hosts.
 pub fn forward_subject(host_id: &str) -> String {

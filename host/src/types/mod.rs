@@ -88,6 +88,14 @@ impl TenantId {
     pub fn new(s: impl Into<String>) -> Result<Self, InvalidValue> {
         let s = s.into();
         check_name("tenant id", &s, true)?;
+        if s == RESERVED_TENANT {
+            return Err(InvalidValue {
+                field: "tenant id",
+                reason: format!(
+                    "{RESERVED_TENANT:?} is reserved: it names the single tenant in admin paths, NATS subjects and placement keys"
+                ),
+            });
+        }
         Ok(Self(s))
     }
 
@@ -101,6 +109,10 @@ impl TenantId {
         &self.0
     }
 }
+
+/// The id no tenant may have: `_` names the single (unnamed) tenant where an empty id cannot
+/// stand (an admin path, a NATS subject token, a placement key).
+pub const RESERVED_TENANT: &str = "_";
 
 /// The name of an aggregate type, e.g. `bank-account`: 1–64 ASCII letters, digits, `-`, `_`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -541,10 +553,11 @@ mod tests {
 
     #[test]
     fn tenant_ids_reject_separators_and_long_names() {
-        for bad in ["a.b", "a/b", "a b", "ä", "a*", "a>", &"x".repeat(65)] {
+        for bad in ["a.b", "a/b", "a b", "ä", "a*", "a>", &"x".repeat(65), "_"] {
             let e = TenantId::new(bad).unwrap_err();
             assert_eq!(e.field, "tenant id", "{bad}");
         }
+        assert!(TenantId::new("_").unwrap_err().reason.contains("reserved"));
         assert!(TenantId::new("Acme_01-x").is_ok());
         assert!(TenantId::new("").unwrap().is_single());
     }
