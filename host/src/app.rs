@@ -14,6 +14,7 @@ use crate::service::{CommandService, ServiceConfig};
 use crate::store::breaker::{Breaker, BreakerConfig};
 use crate::store::embedded::EmbeddedLog;
 use crate::store::jetstream::{ConnectMode, JetStreamConfig, JetStreamLog};
+use crate::store::routed::{Opener, RoutedLog, Routing, Target};
 use crate::store::snapshots::SnapshotStore;
 use crate::store::EventLog;
 
@@ -36,6 +37,9 @@ pub struct Host {
     pub index: Option<Arc<StateIndex>>,
     /// The NATS client of the JetStream log (JetStream mode only).
     pub nats: Option<async_nats::Client>,
+    /// The routed event log (when `storage_routes` is configured): which tenants have a log of
+    /// their own, and those logs.
+    pub routed: Option<Arc<RoutedLog>>,
     /// JWT authentication of the gateway (when `jwt` is configured), keys loaded.
     pub auth: Option<Arc<crate::api::auth::Authenticator>>,
     /// Dropping it stops the index follower.
@@ -129,6 +133,27 @@ impl Host {
                 )
             }
         };
+        let (log, routing): (Arc<dyn EventLog>, Option<Arc<RoutedLog>>) =
+            if config.storage_routes.is_empty() {
+                (log, None)
+            } else {
+                let routing = Arc::new(Routing::new(
+                    config
+                        .storage_routes
+                        .iter()
+                        .map(|r| r.route(&dir))
+                        .collect(),
+                    config.storage_strict,
+                ));
+                let opener = route_opener(&config);
+                let routed = RoutedLog::new(
+                    log,
+                    routing.clone(),
+                    opener,
+                    Duration::from_secs(config.storage_idle_secs),
+                );
+                (routed.clone() as Arc<dyn EventLog>, Some(routed))
+            };
         let cluster = match (seed, &config.nats_url) {
             (Some(seed), Some(url)) => {
                 let host_id = match &config.host_id {
@@ -212,6 +237,7 @@ impl Host {
             cluster,
             index,
             nats,
+            routed: routing,
             auth,
             _stop: stop,
         })
@@ -239,4 +265,48 @@ fn host_id_in(dir: &std::path::Path) -> anyhow::Result<String> {
         }
         Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
+}
+
+/// How a host opens a storage route's log: an embedded log in its directory, or a JetStream
+/// stream of its own on the host's NATS (refusing at once when NATS cannot be reached: the
+/// operation answers 503 and the next one tries again).
+fn route_opener(config: &Config) -> Opener {
+    let url = config.nats_url.clone();
+    let request_timeout = Duration::from_millis(config.nats_request_timeout_ms);
+    let replicas = config.nats_replicas;
+    let breaker = BreakerConfig {
+        failure_threshold: config.nats_breaker_failures,
+        cooldown: Duration::from_millis(config.nats_breaker_cooldown_ms),
+    };
+    Arc::new(move |target| {
+        let url = url.clone();
+        Box::pin(async move {
+            match target {
+                Target::Embedded(path) => {
+                    let log = tokio::task::spawn_blocking(move || EmbeddedLog::open(&path))
+                        .await
+                        .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))??;
+                    Ok(Arc::new(log) as Arc<dyn EventLog>)
+                }
+                Target::Stream(stream) => {
+                    let url = url.ok_or_else(|| {
+                        crate::store::StoreError::Unavailable(
+                            "no nats_url for a stream route".into(),
+                        )
+                    })?;
+                    let js = JetStreamConfig {
+                        command_bucket: format!("{stream}_COMMANDS"),
+                        subject_prefix: Some(stream.clone()),
+                        stream,
+                        request_timeout,
+                        replicas,
+                        breaker,
+                        ..JetStreamConfig::default()
+                    };
+                    let log = JetStreamLog::connect_with(&url, js, ConnectMode::FailFast).await?;
+                    Ok(Arc::new(log) as Arc<dyn EventLog>)
+                }
+            }
+        })
+    })
 }

@@ -143,6 +143,15 @@ pub struct Config {
     /// How long a query waits for the state index to reach the log position it must reflect,
     /// in milliseconds; then it answers 503. Default 5000.
     pub query_wait_ms: u64,
+    /// Storage routes: tenants with an event log of their own (see [`crate::store::routed`]).
+    /// File only.
+    pub storage_routes: Vec<StorageRoute>,
+    /// Refuse (403) tenants no route names, instead of keeping them on the shared log.
+    /// `AGGREGATE_STORAGE_STRICT`. Default false.
+    pub storage_strict: bool,
+    /// How long a route's log stays open unused, in seconds. `AGGREGATE_STORAGE_IDLE_SECS`.
+    /// Default 300.
+    pub storage_idle_secs: u64,
     /// Largest tenant import body (`POST /admin/tenants/{tenant}/import`), in MiB; it is held in
     /// memory while checked (about three times its size). Default 256.
     pub max_import_mb: usize,
@@ -210,6 +219,37 @@ pub struct QuotaConfig {
     pub max_aggregates: u64,
     /// Overrides per tenant (file only); a field left out takes the default above.
     pub tenants: BTreeMap<TenantId, TenantQuota>,
+}
+
+/// A storage route: these tenants' events go to their own log. Exactly one of `stream` and
+/// `embedded_dir`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageRoute {
+    /// Tenant ids, or prefixes ending in `*` (`big-*`).
+    pub tenants: Vec<String>,
+    /// A JetStream stream of its own on `nats_url` (subjects `<stream>.tenant.>`, command bucket
+    /// `<stream>_COMMANDS`).
+    pub stream: Option<String>,
+    /// An embedded log in this directory (relative: under `data_dir`). Not in cluster mode.
+    pub embedded_dir: Option<PathBuf>,
+}
+
+impl StorageRoute {
+    /// The route as [`crate::store::routed`] takes it (after [`Config::validate`]).
+    pub fn route(&self, data_dir: &Path) -> crate::store::routed::Route {
+        use crate::store::routed::Target;
+        let target = match (&self.stream, &self.embedded_dir) {
+            (Some(s), _) => Target::Stream(s.clone()),
+            (None, Some(d)) if d.is_relative() => Target::Embedded(data_dir.join(d)),
+            (None, Some(d)) => Target::Embedded(d.clone()),
+            (None, None) => Target::Embedded(data_dir.join("tenants")),
+        };
+        crate::store::routed::Route {
+            tenants: self.tenants.clone(),
+            target,
+        }
+    }
 }
 
 /// One tenant's quota overrides.
@@ -289,6 +329,9 @@ impl Default for Config {
             state_index: true,
             query_wait_ms: 5000,
             max_import_mb: 256,
+            storage_routes: Vec::new(),
+            storage_strict: false,
+            storage_idle_secs: 300,
             nats_ingress_subject: Some(crate::api::ingress::DEFAULT_SUBJECT_PREFIX.into()),
             jwt: None,
             quotas: QuotaConfig::default(),
@@ -432,6 +475,8 @@ impl Config {
             "STATE_INDEX" => self.state_index = flag(key, &v)?,
             "QUERY_WAIT_MS" => self.query_wait_ms = num(key, &v)?,
             "MAX_IMPORT_MB" => self.max_import_mb = num(key, &v)?,
+            "STORAGE_STRICT" => self.storage_strict = flag(key, &v)?,
+            "STORAGE_IDLE_SECS" => self.storage_idle_secs = num(key, &v)?,
             "NATS_INGRESS_SUBJECT" => {
                 self.nats_ingress_subject = (!v.trim().is_empty()).then(|| v.trim().to_string())
             }
@@ -663,6 +708,69 @@ impl Config {
             return Err(err(
                 "query_wait_ms",
                 format!("{} is outside 1..=600000", self.query_wait_ms),
+            ));
+        }
+        let mut streams = std::collections::HashSet::new();
+        let mut dirs = std::collections::HashSet::new();
+        for (i, r) in self.storage_routes.iter().enumerate() {
+            let field = |f: &str| format!("storage_routes[{i}].{f}");
+            if r.tenants.is_empty() {
+                return Err(err(
+                    field("tenants"),
+                    "name at least one tenant (or `prefix*`)",
+                ));
+            }
+            for t in &r.tenants {
+                let id = t.strip_suffix('*').unwrap_or(t);
+                if id.is_empty() && t != "*" || TenantId::new(id).is_err() && !id.is_empty() {
+                    return Err(err(
+                        field("tenants"),
+                        format!("{t:?} is not a tenant id or a `prefix*`"),
+                    ));
+                }
+            }
+            match (&r.stream, &r.embedded_dir) {
+                (Some(s), None) => {
+                    if self.nats_url.is_none() {
+                        return Err(err(field("stream"), "a stream needs nats_url"));
+                    }
+                    let ok = !s.is_empty()
+                        && s.len() <= 32
+                        && s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                    if !ok || *s == self.stream || !streams.insert(s.clone()) {
+                        return Err(err(
+                            field("stream"),
+                            format!("{s:?}: use 1 to 32 ASCII letters, digits, '-' and '_', not the shared stream's name and not another route's"),
+                        ));
+                    }
+                }
+                (None, Some(d)) => {
+                    if self.cluster {
+                        return Err(err(
+                            field("embedded_dir"),
+                            "a directory of one host cannot hold a tenant in cluster mode; use `stream`",
+                        ));
+                    }
+                    if !dirs.insert(d.clone()) || d.as_os_str().is_empty() {
+                        return Err(err(
+                            field("embedded_dir"),
+                            format!("{} is empty or used twice", d.display()),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(err(
+                        format!("storage_routes[{i}]"),
+                        "set exactly one of `stream` and `embedded_dir`",
+                    ))
+                }
+            }
+        }
+        if !(1..=86_400).contains(&self.storage_idle_secs) {
+            return Err(err(
+                "storage_idle_secs",
+                format!("{} is outside 1..=86400", self.storage_idle_secs),
             ));
         }
         if !(1..=65_536).contains(&self.max_import_mb) {
@@ -931,6 +1039,44 @@ mod tests {
         std::fs::write(&f, "quotas:\n  tenants:\n    acme:\n      rate: 1\n").unwrap();
         let e = Config::load(Some(&f), env(&[])).unwrap_err();
         assert!(e.reason.contains("unknown field `rate`"), "{e}");
+    }
+
+    #[test]
+    fn storage_routes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("host.yaml");
+        let load = |yaml: &str, vars: &[(&str, &str)]| {
+            std::fs::write(&f, yaml).unwrap();
+            Config::load(Some(&f), env(vars))
+        };
+        let nats = [("AGGREGATE_NATS_URL", "nats://127.0.0.1:4222")];
+        let c = load(
+            "storage_routes:\n  - tenants: [acme, \"big-*\"]\n    stream: ACME\n  - tenants: [x]\n    embedded_dir: tenants/x\n",
+            &nats,
+        )
+        .unwrap();
+        assert_eq!(c.storage_routes.len(), 2);
+        assert_eq!(c.storage_idle_secs, 300);
+        let bad = [
+            ("storage_routes:\n  - tenants: []\n    stream: A\n", "storage_routes[0].tenants"),
+            ("storage_routes:\n  - tenants: [a.b]\n    stream: A\n", "storage_routes[0].tenants"),
+            ("storage_routes:\n  - tenants: [a]\n", "storage_routes[0]"),
+            ("storage_routes:\n  - tenants: [a]\n    stream: A\n    embedded_dir: d\n", "storage_routes[0]"),
+            ("storage_routes:\n  - tenants: [a]\n    stream: AGGREGATES\n", "storage_routes[0].stream"),
+            ("storage_routes:\n  - tenants: [a]\n    stream: A.B\n", "storage_routes[0].stream"),
+            ("storage_routes:\n  - tenants: [a]\n    stream: A\n  - tenants: [b]\n    stream: A\n", "storage_routes[1].stream"),
+        ];
+        for (yaml, field) in bad {
+            assert_eq!(load(yaml, &nats).unwrap_err().field, field, "{yaml}");
+        }
+        let e = load("storage_routes:\n  - tenants: [a]\n    stream: A\n", &[]).unwrap_err();
+        assert_eq!(e.field, "storage_routes[0].stream");
+        let e = load(
+            "cluster: true\nstorage_routes:\n  - tenants: [a]\n    embedded_dir: d\n",
+            &nats,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "storage_routes[0].embedded_dir");
     }
 
     #[test]

@@ -168,6 +168,19 @@ enum Cmd {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Clear caches: with `--data-dir`, offline (the host stopped), remove the precompiled
+    /// artifacts there; else `POST /admin/cache/clear` on a running host (artifacts, and the
+    /// tenant logs of storage routes nothing uses).
+    Cache {
+        /// Only `clear`.
+        #[arg(value_parser = ["clear"])]
+        action: String,
+        /// The data directory of a stopped host.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Print `/ready` of a running host; exit 1 unless it is ready.
     Health {
         #[command(flatten)]
@@ -404,6 +417,21 @@ async fn query_all(
     }
 }
 
+/// Every file below `dir` (no links followed).
+fn walk(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            out.extend(walk(&entry.path())?);
+        } else if kind.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -580,6 +608,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ))?)
         }
         Cmd::Health { remote } => print(&runtime()?.block_on(remote.client().ready())?),
+        Cmd::Cache {
+            action: _,
+            data_dir,
+            remote,
+        } => match data_dir {
+            Some(dir) => {
+                let artifacts = dir.join("artifacts");
+                let mut removed = 0u64;
+                if artifacts.exists() {
+                    for entry in walk(&artifacts)? {
+                        if entry.extension().is_some_and(|e| e == "cwasm") {
+                            std::fs::remove_file(&entry)?;
+                            removed += 1;
+                        }
+                    }
+                }
+                print(&serde_json::json!({ "artifacts_removed": removed }))
+            }
+            None => print(&runtime()?.block_on(remote.client().admin(
+                reqwest::Method::POST,
+                "/admin/cache/clear",
+                None,
+            ))?),
+        },
         Cmd::Build { project, out, sdk } => {
             use aggregate_host::guest;
             let sdk = guest::Sdk::locate(sdk.as_deref(), &project)?;

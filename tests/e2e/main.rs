@@ -21,6 +21,7 @@ mod ingress;
 mod metrics;
 mod nats_outage;
 mod read_side;
+mod routing;
 mod scaffold;
 mod shutdown;
 mod story;

@@ -72,6 +72,7 @@ pub(super) fn routes() -> (Routes, Routes) {
         .add(Method::PUT, "/admin/placement/pins/{tenant_id}", pin)
         .add(Method::DELETE, "/admin/placement/pins/{tenant_id}", unpin)
         .add(Method::GET, "/admin/index", index)
+        .add(Method::POST, "/admin/cache/clear", cache_clear)
         .add(Method::GET, "/metrics", metrics);
     let open = Routes::new()
         .add(Method::GET, "/health", health)
@@ -713,6 +714,27 @@ async fn index(State(st): State<AppState>) -> Result<Response, ApiError> {
         "rebuilds": status.rebuilds,
     }))
     .into_response())
+}
+
+/// `POST /admin/cache/clear`: remove the precompiled artifacts on disk and close every tenant log
+/// (storage routes) that nothing uses now.
+async fn cache_clear(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let runtime = st.0.runtime.clone();
+    let artifacts = blocking(move || {
+        runtime
+            .clear_artifacts()
+            .map_err(|e| ApiError::Internal(format!("clear artifacts: {e}")))
+    })
+    .await??;
+    let tenant_logs = match &st.0.routed {
+        Some(r) => r.close_idle(Duration::ZERO).await,
+        None => 0,
+    };
+    tracing::info!(artifacts, tenant_logs, "caches cleared");
+    Ok(
+        AxumJson(json!({ "artifacts_removed": artifacts, "tenant_logs_closed": tenant_logs }))
+            .into_response(),
+    )
 }
 
 /// `GET /metrics` (Prometheus text format).

@@ -67,7 +67,7 @@ problem_types! {
     TenantMismatch = "tenant-mismatch", 403, "Tenant mismatch",
         "The `x-tenant-id` header names another tenant than the token's tenant claim (`header`, `claim`); leave the header out or make it agree.";
     TenantDenied = "tenant-denied", 403, "Tenant denied",
-        "The tenant is not hosted here, or may not act on the aggregate.";
+        "The tenant is not hosted here, has no storage route while routes are strict (`reason: no-storage-route`), or may not act on the aggregate.";
     NotFound = "not-found", 404, "Not found",
         "No route matches the path, or what it names does not exist (e.g. a tenant unknown to `/admin/tenants/{tenant}`).";
     UnknownAggregateType = "unknown-aggregate-type", 404, "Unknown aggregate type",
@@ -165,6 +165,9 @@ pub enum ApiError {
     /// The tenant is not in the configured list.
     #[error("tenant `{0}` is not hosted here")]
     TenantNotHosted(TenantId),
+    /// `storage_strict` and no storage route names the tenant.
+    #[error("tenant `{0}` has no storage route (storage_strict: every tenant needs one)")]
+    TenantNotRouted(TenantId),
     /// Admin API without a valid bearer token.
     #[error("{0}")]
     Unauthorized(&'static str),
@@ -421,6 +424,9 @@ impl ApiError {
             ApiError::MissingTenant => {
                 Problem::new(P::MissingTenant, self.to_string()).with("header", "x-tenant-id")
             }
+            ApiError::TenantNotRouted(t) => Problem::new(P::TenantDenied, self.to_string())
+                .with("tenant_id", t.as_str())
+                .with("reason", "no-storage-route"),
             ApiError::TenantNotHosted(t) => {
                 Problem::new(P::TenantDenied, self.to_string()).with("tenant_id", t.as_str())
             }

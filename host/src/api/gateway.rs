@@ -360,6 +360,12 @@ async fn query(
     let tenant = st.0.tenants.resolve(&headers)?;
     let ty = AggregateType::new(ty)?;
     st.0.registry.resolve(&ty).map_err(ServiceError::from)?;
+    if st.0.tenants.is_routed(&tenant) {
+        return Err(ApiError::BadRequest(format!(
+            "filtered queries are not available for tenant `{}`: its events are in a log of its own (storage_routes), which the state index does not follow",
+            tenant.as_str()
+        )));
+    }
     let Some(index) = st.0.index.clone() else {
         return Err(ApiError::NoRoute(format!(
             "GET /aggregates/{ty}: the state index is off on this host (state_index: false)"

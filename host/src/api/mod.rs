@@ -75,6 +75,8 @@ struct Shared {
     tenants: Tenants,
     /// JWT authentication of the gateway (when configured).
     auth: Option<Arc<auth::Authenticator>>,
+    /// The routed event log (with `storage_routes`).
+    routed: Option<Arc<crate::store::routed::RoutedLog>>,
     quotas: quota::Quotas,
     shutdown: tokio::sync::watch::Sender<bool>,
     listeners_closed: tokio::sync::watch::Sender<bool>,
@@ -100,8 +102,10 @@ impl AppState {
             metrics.know_tenant(t);
         }
         Self(Arc::new(Shared {
-            tenants: Tenants::new(config.multi_tenant, config.tenants.clone()),
+            tenants: Tenants::new(config.multi_tenant, config.tenants.clone())
+                .with_routing(host.routed.as_ref().map(|r| r.routing().clone())),
             auth: host.auth.clone(),
+            routed: host.routed.clone(),
             quotas: quota::Quotas::new(config.quotas.clone(), !config.cluster),
             config,
             service: host.service.clone(),

@@ -53,6 +53,7 @@ pub struct Tenants {
     gates: Arc<Mutex<HashMap<TenantId, Arc<Gate>>>>,
     shutting_down: AtomicBool,
     streams: Arc<Mutex<StreamCounts>>,
+    routing: Option<Arc<crate::store::routed::Routing>>,
 }
 
 /// Event streams open now: per tenant (only tenants with at least one) and in all.
@@ -121,7 +122,20 @@ impl Tenants {
             gates: Arc::default(),
             shutting_down: AtomicBool::new(false),
             streams: Arc::default(),
+            routing: None,
         }
+    }
+
+    /// Refuse tenants the (strict) storage routes do not name.
+    pub fn with_routing(mut self, routing: Option<Arc<crate::store::routed::Routing>>) -> Self {
+        self.routing = routing;
+        self
+    }
+
+    /// Whether `tenant`'s data is in a log of its own (not in the shared log the state index
+    /// follows).
+    pub fn is_routed(&self, tenant: &TenantId) -> bool {
+        self.routing.as_ref().is_some_and(|r| r.is_routed(tenant))
     }
 
     /// Take a place for an event stream of `tenant`: at most `per_tenant` of one tenant and
@@ -201,6 +215,9 @@ impl Tenants {
         };
         if !tenant.is_single() && !self.hosted.is_empty() && !self.hosted.contains(&tenant) {
             return Err(ApiError::TenantNotHosted(tenant));
+        }
+        if self.routing.as_ref().is_some_and(|r| !r.admits(&tenant)) {
+            return Err(ApiError::TenantNotRouted(tenant));
         }
         if let Some(gate) = self.gates.lock().get(&tenant) {
             gate.last_activity

@@ -57,6 +57,19 @@ impl ArtifactStore {
         Ok(Self { dir })
     }
 
+    /// Remove every precompiled artifact; returns how many files were removed.
+    pub(crate) fn clear(&self) -> std::io::Result<usize> {
+        let mut n = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "cwasm") {
+                std::fs::remove_file(&path)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub(crate) fn path(&self, hash: &ComponentHash) -> PathBuf {
         self.dir.join(format!("{}.cwasm", hash.to_hex()))
     }

@@ -527,6 +527,19 @@ impl Runtime {
         self.components.read().contains_key(hash)
     }
 
+    /// Remove the precompiled artifacts on disk (components compiled in memory stay; the next
+    /// start compiles them again). Returns how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of the artifact directory.
+    pub fn clear_artifacts(&self) -> std::io::Result<usize> {
+        match &self.artifacts {
+            Some(a) => a.clear(),
+            None => Ok(0),
+        }
+    }
+
     /// Where the precompiled artifact of a component lives (if a directory is configured).
     pub fn artifact_path(&self, hash: &ComponentHash) -> Option<PathBuf> {
         self.artifacts.as_ref().map(|a| a.path(hash))

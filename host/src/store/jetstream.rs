@@ -156,6 +156,10 @@ pub struct JetStreamConfig {
     pub request_timeout: Duration,
     /// When the breaker opens and probes.
     pub breaker: BreakerConfig,
+    /// A first subject token before `tenant.`, so that a second log on the same server (a
+    /// tenant's own stream, see [`crate::store::routed`]) does not overlap the shared stream's
+    /// `tenant.>`. Default none.
+    pub subject_prefix: Option<String>,
 }
 
 impl Default for JetStreamConfig {
@@ -168,6 +172,7 @@ impl Default for JetStreamConfig {
             direct_read_limit: 32,
             head_cache_capacity: 100_000,
             request_timeout: Duration::from_secs(2),
+            subject_prefix: None,
             breaker: BreakerConfig::default(),
         }
     }
@@ -236,7 +241,7 @@ pub fn tenant_token(tenant: &TenantId) -> &str {
     }
 }
 
-/// The subject of an aggregate: `tenant.<tenant>.aggregate.<type>.<id>`.
+/// The subject of an aggregate: `tenant.<tenant>.aggregate.<type>.<id>` (on the shared stream).
 pub fn subject_of(aggregate: &AggregateRef) -> String {
     format!(
         "tenant.{}.aggregate.{}.{}",
@@ -244,6 +249,14 @@ pub fn subject_of(aggregate: &AggregateRef) -> String {
         aggregate.aggregate_type,
         aggregate.aggregate_id
     )
+}
+
+/// `subject` under `prefix` (`<prefix>.<subject>`), or itself without one.
+fn prefixed(prefix: Option<&str>, subject: &str) -> String {
+    match prefix {
+        Some(p) => format!("{p}.{subject}"),
+        None => subject.to_string(),
+    }
 }
 
 fn command_key(tenant: &TenantId, command_id: &CommandId) -> String {
@@ -260,13 +273,16 @@ fn is_message_id_of(msg_id: &str, key: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
-/// Parse `tenant.<tenant>.aggregate.<type>.<id>`.
+/// Parse `[<prefix>.]tenant.<tenant>.aggregate.<type>.<id>`.
 fn parse_subject(subject: &str) -> Result<AggregateRef> {
     let corrupted = |reason: &str| StoreError::Corrupted {
         location: format!("subject {subject}"),
         reason: reason.into(),
     };
-    let parts: Vec<&str> = subject.split('.').collect();
+    let mut parts: Vec<&str> = subject.split('.').collect();
+    if parts.len() == 6 {
+        parts.remove(0); // a log's subject prefix (JetStreamConfig::subject_prefix)
+    }
     let [p_tenant, tenant, p_aggregate, ty, id] = parts[..] else {
         return Err(corrupted("expected tenant.<tenant>.aggregate.<type>.<id>"));
     };
@@ -458,16 +474,16 @@ fn check_replicas(config: &stream::Config, replicas: usize) -> Result<()> {
 }
 
 /// A check of an existing stream's configuration against what the log needs.
-fn check_stream(config: &stream::Config, name: &str) -> Result<()> {
+fn check_stream(config: &stream::Config, name: &str, subjects: &str) -> Result<()> {
     let incompatible = |reason: String| {
         Err(StoreError::IncompatibleStream {
             stream: name.to_string(),
             reason,
         })
     };
-    if config.subjects != [STREAM_SUBJECTS] {
+    if config.subjects != [subjects] {
         return incompatible(format!(
-            "field `subjects`: expected [\"{STREAM_SUBJECTS}\"], found {:?}",
+            "field `subjects`: expected [\"{subjects}\"], found {:?}",
             config.subjects
         ));
     }
@@ -537,7 +553,7 @@ impl Core {
         js.set_timeout(config.request_timeout);
         let wanted = stream::Config {
             name: config.stream.clone(),
-            subjects: vec![STREAM_SUBJECTS.to_string()],
+            subjects: vec![prefixed(config.subject_prefix.as_deref(), STREAM_SUBJECTS)],
             storage: StorageType::File,
             retention: RetentionPolicy::Limits,
             max_messages: -1,
@@ -553,7 +569,11 @@ impl Core {
             .get_or_create_stream(wanted.clone())
             .await
             .map_err(unavailable!("create stream"))?;
-        check_stream(&stream.cached_info().config, &config.stream)?;
+        check_stream(
+            &stream.cached_info().config,
+            &config.stream,
+            &prefixed(config.subject_prefix.as_deref(), STREAM_SUBJECTS),
+        )?;
         check_replicas(&stream.cached_info().config, config.replicas)?;
         let found = stream.cached_info().config.max_consumers;
         if found < EVENT_STREAM_MAX_CONSUMERS {
@@ -639,7 +659,7 @@ impl Core {
     /// never written, and of a key that is never written): both answer only when their stream
     /// leader is reachable.
     async fn probe(&self) -> Result<()> {
-        self.last_message(PROBE_SUBJECT).await?;
+        self.last_message(&self.prefixed(PROBE_SUBJECT)).await?;
         self.commands
             .entry(PROBE_KEY)
             .await
@@ -851,10 +871,22 @@ enum IntentOutcome {
     OtherAggregate(AggregateRef),
 }
 
+impl Core {
+    /// `subject` under this log's subject prefix.
+    fn prefixed(&self, subject: &str) -> String {
+        prefixed(self.config.subject_prefix.as_deref(), subject)
+    }
+
+    /// The subject of an aggregate in this log's stream.
+    fn subject_of(&self, aggregate: &AggregateRef) -> String {
+        self.prefixed(&subject_of(aggregate))
+    }
+}
+
 /// The operations, without deadline or breaker (see [`JetStreamLog`]).
 impl Core {
     async fn append(&self, commit: Commit) -> Result<Appended> {
-        let subject = subject_of(&commit.aggregate);
+        let subject = self.subject_of(&commit.aggregate);
         let key = command_key(&commit.aggregate.tenant, &commit.command_id);
         let version = commit.next_version();
         let body: bytes::Bytes = serde_json::to_vec(&commit.events)
@@ -948,7 +980,7 @@ impl Core {
     }
 
     async fn read(&self, aggregate: &AggregateRef, after: Version) -> Result<Vec<Event>> {
-        let subject = subject_of(aggregate);
+        let subject = self.subject_of(aggregate);
         let Some(last) = self.last_message(&subject).await? else {
             return Ok(Vec::new());
         };
@@ -1021,7 +1053,9 @@ impl Core {
     }
 
     async fn version(&self, aggregate: &AggregateRef) -> Result<Version> {
-        let head = self.fetch_head(aggregate, &subject_of(aggregate)).await?;
+        let head = self
+            .fetch_head(aggregate, &self.subject_of(aggregate))
+            .await?;
         Ok(Version(head.version))
     }
 
@@ -1044,7 +1078,7 @@ impl Core {
         let token = tenant_token(tenant);
         self.stream
             .purge()
-            .filter(format!("tenant.{token}.>"))
+            .filter(self.prefixed(&format!("tenant.{token}.>")))
             .await
             .map_err(unavailable!("purge the tenant's events"))?;
         let bucket = &self.config.command_bucket;
@@ -1064,7 +1098,7 @@ impl Core {
         &self,
         tenant: &TenantId,
     ) -> Result<Vec<(AggregateType, AggregateId)>> {
-        let filter = format!("tenant.{}.>", tenant_token(tenant));
+        let filter = self.prefixed(&format!("tenant.{}.>", tenant_token(tenant)));
         let mut subjects = self
             .stream
             .info_with_subjects(&filter)
@@ -1097,6 +1131,7 @@ impl Core {
                 filter.aggregate_type.as_ref().map_or("*", |t| t.as_str())
             ),
         };
+        let subject = self.prefixed(&subject);
         // An ordered consumer delivers in stream order and recreates itself after a gap, so the
         // stored commits and the new ones come through one subscription without a seam.
         let consumer = self

@@ -18,6 +18,7 @@ pub mod breaker;
 pub mod embedded;
 pub mod jetstream;
 pub(crate) mod keys;
+pub mod routed;
 pub mod snapshots;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
