@@ -288,8 +288,11 @@ fn route_opener(config: &Config) -> Opener {
                         .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))??;
                     Ok(Arc::new(log) as Arc<dyn EventLog>)
                 }
-                Target::Stream(stream) => {
-                    let url = url.ok_or_else(|| {
+                Target::Stream {
+                    stream,
+                    url: route_url,
+                } => {
+                    let url = route_url.or(url).ok_or_else(|| {
                         crate::store::StoreError::Unavailable(
                             "no nats_url for a stream route".into(),
                         )

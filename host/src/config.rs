@@ -231,6 +231,8 @@ pub struct StorageRoute {
     /// A JetStream stream of its own on `nats_url` (subjects `<stream>.tenant.>`, command bucket
     /// `<stream>_COMMANDS`).
     pub stream: Option<String>,
+    /// With `stream`: another NATS for it (default `nats_url`).
+    pub nats_url: Option<String>,
     /// An embedded log in this directory (relative: under `data_dir`). Not in cluster mode.
     pub embedded_dir: Option<PathBuf>,
 }
@@ -240,7 +242,10 @@ impl StorageRoute {
     pub fn route(&self, data_dir: &Path) -> crate::store::routed::Route {
         use crate::store::routed::Target;
         let target = match (&self.stream, &self.embedded_dir) {
-            (Some(s), _) => Target::Stream(s.clone()),
+            (Some(s), _) => Target::Stream {
+                stream: s.clone(),
+                url: self.nats_url.clone(),
+            },
             (None, Some(d)) if d.is_relative() => Target::Embedded(data_dir.join(d)),
             (None, Some(d)) => Target::Embedded(d.clone()),
             (None, None) => Target::Embedded(data_dir.join("tenants")),
@@ -731,8 +736,20 @@ impl Config {
             }
             match (&r.stream, &r.embedded_dir) {
                 (Some(s), None) => {
-                    if self.nats_url.is_none() {
+                    if self.nats_url.is_none() && r.nats_url.is_none() {
                         return Err(err(field("stream"), "a stream needs nats_url"));
+                    }
+                    if let Some(u) = &r.nats_url {
+                        if u.split(',').map(str::trim).any(|u| {
+                            u.is_empty()
+                                || u.contains(char::is_whitespace)
+                                || (u.contains("://")
+                                    && !["nats://", "tls://", "ws://", "wss://"]
+                                        .iter()
+                                        .any(|p| u.starts_with(p)))
+                        }) {
+                            return Err(err(field("nats_url"), format!("{u:?} is not a NATS URL")));
+                        }
                     }
                     let ok = !s.is_empty()
                         && s.len() <= 32
@@ -744,6 +761,9 @@ impl Config {
                             format!("{s:?}: use 1 to 32 ASCII letters, digits, '-' and '_', not the shared stream's name and not another route's"),
                         ));
                     }
+                }
+                (None, Some(_)) if r.nats_url.is_some() => {
+                    return Err(err(field("nats_url"), "only with `stream`"));
                 }
                 (None, Some(d)) => {
                     if self.cluster {

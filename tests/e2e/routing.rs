@@ -1,4 +1,5 @@
-//! Per-tenant storage routing (JetStream): two tenants in two streams of their own, a third
+//! Per-tenant storage routing (JetStream): two tenants in two streams of their own (one on another
+//! nats-server), a third
 //! (a `prefix*` route) in an embedded directory of its own, everyone else in the shared stream.
 //! Each tenant's events are only in its own target (read directly: the streams' subjects over
 //! NATS, the embedded log opened after the host stopped); isolation holds; the log shows one
@@ -15,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::support::{deploy, new_id, problem, Backend, Env, HostProcess, BINARY};
 
+/// The routes; `{other}` is a second nats-server's URL (GLOBEX lives there).
 const CONFIG: &str = "multi_tenant: true
 storage_idle_secs: 1
 storage_routes:
@@ -22,6 +24,7 @@ storage_routes:
     stream: ACME
   - tenants: [globex]
     stream: GLOBEX
+    nats_url: {other}
   - tenants: [\"local-*\"]
     embedded_dir: tenants/local
 ";
@@ -59,8 +62,11 @@ async fn tenants_are_routed_to_their_own_logs() {
     let Some(env) = Env::new(Backend::JetStream, "e2e storage routing") else {
         return;
     };
+    let Some(other) = crate::support::nats::NatsServer::start_or_skip("e2e storage routing") else {
+        return;
+    };
     let config = env.dir.path().join("routes.yaml");
-    std::fs::write(&config, CONFIG).unwrap();
+    std::fs::write(&config, CONFIG.replace("{other}", &other.url())).unwrap();
     let config = config.display().to_string();
     let vars = [
         ("AGGREGATE_CONFIG", config.as_str()),
@@ -132,6 +138,7 @@ async fn tenants_are_routed_to_their_own_logs() {
         .await
         .unwrap();
     let js = async_nats::jetstream::new(nats);
+    let other_js = async_nats::jetstream::new(async_nats::connect(other.url()).await.unwrap());
     let subject = |prefix: &str, tenant: &str, id: &str| {
         format!("{prefix}tenant.{tenant}.aggregate.bank-account.{id}")
     };
@@ -142,9 +149,11 @@ async fn tenants_are_routed_to_their_own_logs() {
     acme.sort();
     assert_eq!(subjects(&js, "ACME", ">").await, acme);
     assert_eq!(
-        subjects(&js, "GLOBEX", ">").await,
-        [subject("GLOBEX.", "globex", &ids[2].1)]
+        subjects(&other_js, "GLOBEX", ">").await,
+        [subject("GLOBEX.", "globex", &ids[2].1)],
+        "globex's stream is on the other nats-server"
     );
+    assert!(js.get_stream("GLOBEX").await.is_err());
     assert_eq!(
         subjects(&js, "AGGREGATES", ">").await,
         [subject("", "other", &ids[4].1)],

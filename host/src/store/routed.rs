@@ -25,8 +25,13 @@ use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, T
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A JetStream stream of this name (subjects `<name>.tenant.>`, command bucket
-    /// `<name>_COMMANDS`) on the host's NATS.
-    Stream(String),
+    /// `<name>_COMMANDS`), on the host's NATS or on `url`.
+    Stream {
+        /// The stream.
+        stream: String,
+        /// Another NATS (`nats://host:port`, several separated by commas); `None`: the host's.
+        url: Option<String>,
+    },
     /// An embedded log in this directory.
     Embedded(PathBuf),
 }
@@ -34,7 +39,11 @@ pub enum Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Stream(s) => write!(f, "stream {s}"),
+            Target::Stream { stream, url: None } => write!(f, "stream {stream}"),
+            Target::Stream {
+                stream,
+                url: Some(url),
+            } => write!(f, "stream {stream} at {url}"),
             Target::Embedded(d) => write!(f, "embedded log {}", d.display()),
         }
     }
@@ -285,7 +294,10 @@ mod tests {
             vec![
                 Route {
                     tenants: vec!["acme".into(), "big-*".into()],
-                    target: Target::Stream("A".into()),
+                    target: Target::Stream {
+                        stream: "A".into(),
+                        url: None,
+                    },
                 },
                 Route {
                     tenants: vec!["big-two".into()],
