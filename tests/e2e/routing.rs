@@ -133,6 +133,48 @@ async fn tenants_are_routed_to_their_own_logs() {
         1
     );
 
+    // A routed tenant's event stream starts at its own log's end (here behind the shared one's):
+    // a command sent after `ready` comes through.
+    for _ in 0..4 {
+        host.tenant("other")
+            .send("bank-account", &ids[4].1, "deposit", &json!({"amount": 1}))
+            .await
+            .unwrap();
+    }
+    let mut stream = host
+        .tenant("globex")
+        .event_stream(None, None, None)
+        .await
+        .unwrap();
+    let ready = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            ready,
+            Some(Ok(aggregate_host::client::StreamItem::Ready(_)))
+        ),
+        "{ready:?}"
+    );
+    let answer = host
+        .tenant("globex")
+        .send("bank-account", &ids[2].1, "deposit", &json!({"amount": 2}))
+        .await
+        .unwrap();
+    let event = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the routed tenant's event in time")
+        {
+            Some(Ok(aggregate_host::client::StreamItem::Event { id, event })) => break (id, event),
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(event.1["version"], 3, "{event:?}");
+    assert_eq!(event.0, format!("{}.0", answer["position"]), "{event:?}");
+    drop(stream);
+
     // The targets, read directly.
     let nats = async_nats::connect(env.nats.as_ref().unwrap().url())
         .await

@@ -726,7 +726,7 @@ async fn stream(
     if let Some(cursor) = resume {
         // An id beyond the log's end was not sent by this log (another embedded host's, or a
         // restored database): following after it would skip events silently.
-        let end = log.position().await.map_err(ServiceError::from)?;
+        let end = log.position_of(&tenant).await.map_err(ServiceError::from)?;
         if cursor.position > end {
             return Err(ApiError::BadRequest(format!(
                 "event id {}: position {} is beyond the event log's end ({end}); resume with an id this host's stream sent",
@@ -745,7 +745,10 @@ async fn stream(
             position,
             index: None,
         }) => (position, None),
-        None => (log.position().await.map_err(ServiceError::from)?, None),
+        None => (
+            log.position_of(&tenant).await.map_err(ServiceError::from)?,
+            None,
+        ),
     };
     let feed = log
         .subscribe(FeedFilter::tenant(&tenant, ty.as_ref()), Some(after))

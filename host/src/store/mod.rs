@@ -283,6 +283,18 @@ pub trait EventLog: Send + Sync + 'static {
     /// [`StoreError::Unavailable`] when the log cannot be reached.
     async fn position(&self) -> Result<u64>;
 
+    /// The position of the last commit of the log that holds `tenant`'s data: [`EventLog::position`]
+    /// unless the tenant has a log of its own ([`routed`]). A tenant's event stream positions
+    /// are compared with this one.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the log cannot be reached.
+    async fn position_of(&self, tenant: &TenantId) -> Result<u64> {
+        let _ = tenant;
+        self.position().await
+    }
+
     /// Make everything acknowledged so far durable and stop accepting appends (graceful shutdown).
     async fn flush(&self) -> Result<()>;
 

@@ -268,6 +268,10 @@ impl EventLog for RoutedLog {
         self.shared.position().await
     }
 
+    async fn position_of(&self, tenant: &TenantId) -> Result<u64> {
+        self.log_for(tenant).await?.position().await
+    }
+
     async fn flush(&self) -> Result<()> {
         let mut open = self.open.lock().await;
         for (i, o) in open.drain() {
