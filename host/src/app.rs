@@ -133,7 +133,7 @@ impl Host {
                 )
             }
         };
-        let (log, routing): (Arc<dyn EventLog>, Option<Arc<RoutedLog>>) =
+        let (log, routed): (Arc<dyn EventLog>, Option<Arc<RoutedLog>>) =
             if config.storage_routes.is_empty() {
                 (log, None)
             } else {
@@ -216,8 +216,15 @@ impl Host {
                 .with_context(|| format!("state index at {}", path.display()))?,
             );
             let handover = index.clone();
+            // The index follows the shared log only: a routed tenant's states are not handed over.
+            let routing = routed.as_ref().map(|r| r.routing().clone());
             service.set_commit_listener(Arc::new(move |aggregate, version, state, component| {
-                handover.handover(aggregate, version, state, component)
+                if !routing
+                    .as_ref()
+                    .is_some_and(|r| r.is_routed(&aggregate.tenant))
+                {
+                    handover.handover(aggregate, version, state, component)
+                }
             }));
             let until_dropped = async move {
                 // Resolves when the host (the sender) is dropped.
@@ -237,7 +244,7 @@ impl Host {
             cluster,
             index,
             nats,
-            routed: routing,
+            routed,
             auth,
             _stop: stop,
         })
@@ -283,10 +290,25 @@ fn route_opener(config: &Config) -> Opener {
         Box::pin(async move {
             match target {
                 Target::Embedded(path) => {
-                    let log = tokio::task::spawn_blocking(move || EmbeddedLog::open(&path))
-                        .await
-                        .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))??;
-                    Ok(Arc::new(log) as Arc<dyn EventLog>)
+                    // A handle closed as idle a moment ago may still be letting go of the
+                    // directory's lock: wait for it (at most 5 s).
+                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                    loop {
+                        let p = path.clone();
+                        let opened = tokio::task::spawn_blocking(move || EmbeddedLog::open(&p))
+                            .await
+                            .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))?;
+                        match opened {
+                            Ok(log) => return Ok(Arc::new(log) as Arc<dyn EventLog>),
+                            Err(e)
+                                if e.to_string().contains("Locked")
+                                    && std::time::Instant::now() < deadline =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
                 }
                 Target::Stream {
                     stream,

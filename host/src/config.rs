@@ -755,7 +755,13 @@ impl Config {
                         && s.len() <= 32
                         && s.chars()
                             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-                    if !ok || *s == self.stream || !streams.insert(s.clone()) {
+                    // Its command bucket is `<s>_COMMANDS` (its stream `KV_<s>_COMMANDS`): neither
+                    // may be the shared log's.
+                    let clashes = *s == self.stream
+                        || format!("{s}_COMMANDS") == "AGGREGATE_COMMANDS"
+                        || s.starts_with("KV_")
+                        || s.starts_with("OBJ_");
+                    if !ok || clashes || !streams.insert(s.clone()) {
                         return Err(err(
                             field("stream"),
                             format!("{s:?}: use 1 to 32 ASCII letters, digits, '-' and '_', not the shared stream's name and not another route's"),
@@ -772,12 +778,38 @@ impl Config {
                             "a directory of one host cannot hold a tenant in cluster mode; use `stream`",
                         ));
                     }
-                    if !dirs.insert(d.clone()) || d.as_os_str().is_empty() {
+                    // A plain path below data_dir (or absolute), not one of the host's own
+                    // directories, not inside another route's.
+                    use std::path::Component;
+                    let plain = d
+                        .components()
+                        .all(|c| matches!(c, Component::Normal(_) | Component::RootDir));
+                    let own = d.is_relative()
+                        && d.components().next().is_some_and(|c| {
+                            [
+                                "events",
+                                "index",
+                                "snapshots",
+                                "artifacts",
+                                "components",
+                                "manifest.yaml",
+                            ]
+                            .iter()
+                            .any(|n| c.as_os_str() == *n)
+                        });
+                    let nested = dirs
+                        .iter()
+                        .any(|o: &PathBuf| o.starts_with(d) || d.starts_with(o));
+                    if d.as_os_str().is_empty() || !plain || own || nested {
                         return Err(err(
                             field("embedded_dir"),
-                            format!("{} is empty or used twice", d.display()),
+                            format!(
+                                "{}: use a plain path (no `.` or `..`), not one of the host's own directories (events, index, snapshots, artifacts, components) and not inside another route's",
+                                d.display()
+                            ),
                         ));
                     }
+                    dirs.insert(d.clone());
                 }
                 _ => {
                     return Err(err(
@@ -786,6 +818,12 @@ impl Config {
                     ))
                 }
             }
+        }
+        if self.storage_strict && (self.storage_routes.is_empty() || !self.multi_tenant) {
+            return Err(err(
+                "storage_strict",
+                "needs storage_routes and multi_tenant (the single tenant has no route)",
+            ));
         }
         if !(1..=86_400).contains(&self.storage_idle_secs) {
             return Err(err(
@@ -1086,7 +1124,17 @@ mod tests {
             ("storage_routes:\n  - tenants: [a]\n    stream: A.B\n", "storage_routes[0].stream"),
             ("storage_routes:\n  - tenants: [a]\n    stream: A\n  - tenants: [b]\n    stream: A\n", "storage_routes[1].stream"),
         ];
-        for (yaml, field) in bad {
+        let more = [
+            ("storage_routes:\n  - tenants: [a]\n    stream: AGGREGATE\n", "storage_routes[0].stream"),
+            ("storage_routes:\n  - tenants: [a]\n    stream: KV_X\n", "storage_routes[0].stream"),
+            ("storage_routes:\n  - tenants: [a]\n    embedded_dir: events\n", "storage_routes[0].embedded_dir"),
+            ("storage_routes:\n  - tenants: [a]\n    embedded_dir: ../x\n", "storage_routes[0].embedded_dir"),
+            ("storage_routes:\n  - tenants: [a]\n    embedded_dir: t\n  - tenants: [b]\n    embedded_dir: t/b\n", "storage_routes[1].embedded_dir"),
+            ("storage_routes:\n  - tenants: [a]\n    embedded_dir: t\n    nats_url: nats://x:4222\n", "storage_routes[0].nats_url"),
+            ("storage_strict: true\n", "storage_strict"),
+            ("storage_strict: true\nstorage_routes:\n  - tenants: [a]\n    stream: A\n", "storage_strict"),
+        ];
+        for (yaml, field) in bad.into_iter().chain(more) {
             assert_eq!(load(yaml, &nats).unwrap_err().field, field, "{yaml}");
         }
         let e = load("storage_routes:\n  - tenants: [a]\n    stream: A\n", &[]).unwrap_err();

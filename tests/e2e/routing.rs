@@ -241,15 +241,6 @@ async fn tenants_are_routed_to_their_own_logs() {
             .is_empty());
     }
     drop(local);
-    // Offline cache clear (`aggregate-host cache clear --data-dir`).
-    let out = std::process::Command::new(BINARY)
-        .args(["cache", "clear", "--data-dir"])
-        .arg(env.dir.path().join("host"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(printed["artifacts_removed"].is_u64(), "{printed}");
 
     // A restart routes the same way; with strict routing a tenant without a route is refused.
     let strict = [vars[0], vars[1], ("AGGREGATE_STORAGE_STRICT", "true")];
@@ -272,4 +263,58 @@ async fn tenants_are_routed_to_their_own_logs() {
         "tenant-denied",
     );
     assert_eq!(p["reason"], "no-storage-route", "{p}");
+    // ... also on the admin API's import.
+    let refused = host
+        .client()
+        .admin(reqwest::Method::POST, "/admin/tenants/other/import", None)
+        .await;
+    assert_eq!(refused.unwrap_err().status(), Some(403));
+
+    // An embedded route's log kept open by an event stream is not closed as idle under it.
+    let mut stream = host
+        .tenant("local-1")
+        .event_stream(None, None, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap(),
+        Some(Ok(aggregate_host::client::StreamItem::Ready(_)))
+    ));
+    // The other route logs are closed as idle meanwhile; two more idle periods pass.
+    wait_log(&host, "tenant log closed idle", 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    host.tenant("local-1")
+        .send("bank-account", &ids[3].1, "deposit", &json!({"amount": 3}))
+        .await
+        .unwrap();
+    let got = loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("the event on the stream that outlived the idle period")
+        {
+            Some(Ok(aggregate_host::client::StreamItem::Event { event, .. })) => break event,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(got["payload"]["amount"], 3, "{got}");
+    drop(stream);
+
+    // Offline cache clear (`aggregate-host cache clear --data-dir`): the restarted host compiled
+    // bank-account again.
+    let mut host = host;
+    assert!(host.stop().success());
+    let out = std::process::Command::new(BINARY)
+        .args(["cache", "clear", "--data-dir"])
+        .arg(env.dir.path().join("host"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        printed["artifacts_removed"].as_u64().unwrap() >= 1,
+        "{printed}"
+    );
 }

@@ -301,6 +301,7 @@ pub(super) async fn import(
     let tenant = super::admin::tenant_path(path)?;
     let Query(q) = query.map_err(|e| ApiError::BadRequest(format!("query: {}", e.body_text())))?;
     refuse_in_cluster(&st, "importing a tenant")?;
+    st.0.tenants.check_routed(&tenant)?;
     let limit = st.0.config.max_import_mb << 20;
     let body = super::body::read(body, limit, "import").await?;
     let commits = parse_import(&tenant, &body)?;

@@ -132,6 +132,18 @@ impl Tenants {
         self
     }
 
+    /// With strict storage routes, refuse a tenant no route names.
+    ///
+    /// # Errors
+    ///
+    /// [`ApiError::TenantNotRouted`].
+    pub fn check_routed(&self, tenant: &TenantId) -> Result<(), ApiError> {
+        if self.routing.as_ref().is_some_and(|r| !r.admits(tenant)) {
+            return Err(ApiError::TenantNotRouted(tenant.clone()));
+        }
+        Ok(())
+    }
+
     /// Whether `tenant`'s data is in a log of its own (not in the shared log the state index
     /// follows).
     pub fn is_routed(&self, tenant: &TenantId) -> bool {
@@ -216,9 +228,7 @@ impl Tenants {
         if !tenant.is_single() && !self.hosted.is_empty() && !self.hosted.contains(&tenant) {
             return Err(ApiError::TenantNotHosted(tenant));
         }
-        if self.routing.as_ref().is_some_and(|r| !r.admits(&tenant)) {
-            return Err(ApiError::TenantNotRouted(tenant));
-        }
+        self.check_routed(&tenant)?;
         if let Some(gate) = self.gates.lock().get(&tenant) {
             gate.last_activity
                 .store(Utc::now().timestamp_millis(), Ordering::Relaxed);

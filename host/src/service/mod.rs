@@ -460,7 +460,7 @@ impl CommandService {
         }
         // Fail fast while the log is known to be down (a breaker open, a failed disk): no call
         // to it would succeed, and each would wait for its own timeout.
-        let health = self.log.health();
+        let health = self.log.health_of(caller);
         if !health.ok {
             return Err(ServiceError::Store(StoreError::Unavailable(
                 health

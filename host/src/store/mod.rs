@@ -235,6 +235,13 @@ pub trait EventLog: Send + Sync + 'static {
         LogHealth::healthy()
     }
 
+    /// The health of the log that holds `tenant`'s data (see [`EventLog::position_of`]).
+    /// Default: [`EventLog::health`].
+    fn health_of(&self, tenant: &TenantId) -> LogHealth {
+        let _ = tenant;
+        self.health()
+    }
+
     /// Append a command's events atomically, if the aggregate is still at `commit.expected`.
     /// A command id appended before returns the original result with `duplicate: true` and
     /// writes nothing, also across restarts.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::StreamExt;
 
 use super::{Appended, Commit, EventLog, Feed, FeedFilter, LogHealth, Result, StoreError};
 use crate::types::{AggregateId, AggregateRef, AggregateType, CommandId, Event, TenantId, Version};
@@ -151,21 +152,27 @@ impl RoutedLog {
 
     /// Close the route logs unused for `idle` and held by nothing else; returns how many.
     pub async fn close_idle(&self, idle: Duration) -> usize {
-        let mut open = self.open.lock().await;
-        let closing: Vec<usize> = open
-            .iter()
-            .filter(|(_, o)| o.last_used.elapsed() >= idle && Arc::strong_count(&o.log) == 1)
-            .map(|(i, _)| *i)
-            .collect();
-        for i in &closing {
-            if let Some(o) = open.remove(i) {
-                if let Err(e) = o.log.flush().await {
-                    tracing::warn!(target_log = %self.routing.routes[*i].target, error = %e, "flush of an idle tenant log failed");
-                }
-                tracing::info!(target_log = %self.routing.routes[*i].target, idle_ms = o.last_used.elapsed().as_millis() as u64, "tenant log closed idle");
+        let closing: Vec<(usize, Open)> = {
+            let mut open = self.open.lock().await;
+            let ids: Vec<usize> = open
+                .iter()
+                .filter(|(_, o)| o.last_used.elapsed() >= idle && Arc::strong_count(&o.log) == 1)
+                .map(|(i, _)| *i)
+                .collect();
+            ids.into_iter()
+                .filter_map(|i| open.remove(&i).map(|o| (i, o)))
+                .collect()
+        };
+        // Flushed and dropped outside the map's lock: other tenants are not held up. An
+        // embedded log reopened meanwhile waits for its directory's lock (see the opener).
+        let n = closing.len();
+        for (i, o) in closing {
+            if let Err(e) = o.log.flush().await {
+                tracing::warn!(target_log = %self.routing.routes[i].target, error = %e, "flush of an idle tenant log failed");
             }
+            tracing::info!(target_log = %self.routing.routes[i].target, idle_ms = o.last_used.elapsed().as_millis() as u64, "tenant log closed idle");
         }
-        closing.len()
+        n
     }
 
     /// The routes.
@@ -218,6 +225,19 @@ impl EventLog for RoutedLog {
         self.shared.health()
     }
 
+    fn health_of(&self, tenant: &TenantId) -> LogHealth {
+        let Some(i) = self.routing.route_of(tenant) else {
+            return self.shared.health();
+        };
+        // Not open (or being opened): the next operation opens it and says if it cannot.
+        match self.open.try_lock() {
+            Ok(open) => open
+                .get(&i)
+                .map_or_else(LogHealth::healthy, |o| o.log.health()),
+            Err(_) => LogHealth::healthy(),
+        }
+    }
+
     async fn append(&self, commit: Commit) -> Result<Appended> {
         self.log_for(&commit.aggregate.tenant)
             .await?
@@ -259,7 +279,17 @@ impl EventLog for RoutedLog {
 
     async fn subscribe(&self, filter: FeedFilter, after: Option<u64>) -> Result<Feed> {
         match &filter.tenant {
-            Some(t) => self.log_for(t).await?.subscribe(filter, after).await,
+            Some(t) => {
+                let log = self.log_for(t).await?;
+                let feed = log.subscribe(filter, after).await?;
+                // The feed holds the route's log, so it is not closed as idle under the stream.
+                Ok(feed
+                    .map(move |item| {
+                        let _held = &log;
+                        item
+                    })
+                    .boxed())
+            }
             None => self.shared.subscribe(filter, after).await,
         }
     }
