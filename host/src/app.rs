@@ -291,24 +291,13 @@ fn route_opener(config: &Config) -> Opener {
             match target {
                 Target::Embedded(path) => {
                     // A handle closed as idle a moment ago may still be letting go of the
-                    // directory's lock: wait for it (at most 5 s).
-                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                    loop {
-                        let p = path.clone();
-                        let opened = tokio::task::spawn_blocking(move || EmbeddedLog::open(&p))
-                            .await
-                            .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))?;
-                        match opened {
-                            Ok(log) => return Ok(Arc::new(log) as Arc<dyn EventLog>),
-                            Err(e)
-                                if e.to_string().contains("Locked")
-                                    && std::time::Instant::now() < deadline =>
-                            {
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                            Err(e) => return Err(e),
-                        }
-                    }
+                    // directory's lock.
+                    let log = tokio::task::spawn_blocking(move || {
+                        EmbeddedLog::open_waiting(&path, Duration::from_secs(5))
+                    })
+                    .await
+                    .map_err(|e| crate::store::StoreError::Unavailable(e.to_string()))??;
+                    Ok(Arc::new(log) as Arc<dyn EventLog>)
                 }
                 Target::Stream {
                     stream,

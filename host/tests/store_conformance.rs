@@ -49,20 +49,14 @@ impl EmbeddedBackend {
 #[async_trait::async_trait]
 impl Backend for EmbeddedBackend {
     async fn open(&self) -> Arc<dyn EventLog> {
-        // A feed's read still running on a blocking thread holds the database briefly after
-        // the log was dropped: wait for the lock to be released.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match EmbeddedLog::open(self.dir.path()) {
-                Ok(log) => return Arc::new(log),
-                Err(e)
-                    if e.to_string().contains("Locked") && std::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("open embedded log: {e:?}"),
-            }
-        }
+        // A feed of a dropped log may hold the database briefly: wait for its lock.
+        let dir = self.dir.path().to_path_buf();
+        let log = tokio::task::spawn_blocking(move || {
+            EmbeddedLog::open_waiting(dir, Duration::from_secs(10))
+        })
+        .await
+        .unwrap();
+        Arc::new(log.expect("open embedded log"))
     }
     fn restart(&self) {}
 }

@@ -466,13 +466,7 @@ pub(super) async fn authenticate(
             }
             Some(v) if v.as_bytes() == claim.as_str().as_bytes() => {}
             Some(v) => {
-                let e = ApiError::TenantMismatch {
-                    header: String::from_utf8_lossy(v.as_bytes())
-                        .chars()
-                        .take(64)
-                        .collect(),
-                    claim: claim.as_str().to_string(),
-                };
+                let e = ApiError::tenant_mismatch(v.as_bytes(), claim.as_str());
                 return refuse(request, e);
             }
         },
@@ -485,13 +479,7 @@ pub(super) async fn authenticate(
         // A token without a tenant acts for the single tenant only.
         None => match request.headers().get(TENANT_HEADER) {
             Some(v) if !v.is_empty() => {
-                let e = ApiError::TenantMismatch {
-                    header: String::from_utf8_lossy(v.as_bytes())
-                        .chars()
-                        .take(64)
-                        .collect(),
-                    claim: String::new(),
-                };
+                let e = ApiError::tenant_mismatch(v.as_bytes(), "");
                 return refuse(request, e);
             }
             _ => {}

@@ -249,6 +249,17 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl ApiError {
+    /// [`ApiError::TenantMismatch`] between an `x-tenant-id` value (shown cut to 64 bytes of
+    /// text, it is untrusted) and the tenant the request may act for (`""`: the single tenant).
+    pub fn tenant_mismatch(header: &[u8], claim: &str) -> Self {
+        ApiError::TenantMismatch {
+            header: String::from_utf8_lossy(header).chars().take(64).collect(),
+            claim: claim.to_string(),
+        }
+    }
+}
+
 impl From<crate::cluster::ClusterError> for ApiError {
     fn from(e: crate::cluster::ClusterError) -> Self {
         use crate::cluster::ClusterError as C;

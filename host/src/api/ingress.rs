@@ -188,18 +188,12 @@ async fn handle(gateway: axum::Router, prefix: &str, request: async_nats::servic
                     builder = builder.header(name, v);
                 }
             }
-            let claimed = header("x-tenant-id").filter(|t| !t.is_empty());
-            match (&tenant, claimed) {
-                (Some(t), Some(h)) if h != t.as_str() => ApiError::TenantMismatch {
-                    header: h.chars().take(64).collect(),
-                    claim: t.as_str().to_string(),
+            // The subject's tenant (`""`: the single tenant); a header must name the same.
+            let subject_tenant = tenant.as_ref().map_or("", |t| t.as_str());
+            match header("x-tenant-id").filter(|t| !t.is_empty()) {
+                Some(h) if h != subject_tenant => {
+                    ApiError::tenant_mismatch(h.as_bytes(), subject_tenant).into_response()
                 }
-                .into_response(),
-                (None, Some(h)) => ApiError::TenantMismatch {
-                    header: h.chars().take(64).collect(),
-                    claim: String::new(),
-                }
-                .into_response(),
                 _ => {
                     if let Some(t) = &tenant {
                         builder = builder.header("x-tenant-id", t.as_str());

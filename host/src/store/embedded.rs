@@ -231,6 +231,27 @@ impl EmbeddedLog {
         Self::open_with(path, EmbeddedConfig::default())
     }
 
+    /// [`EmbeddedLog::open`], waiting (at most `timeout`, polling every 20 ms) while another
+    /// handle of the same directory, just dropped, still lets go of its lock — a tenant log
+    /// closed as idle and opened again at once. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// As [`EmbeddedLog::open`]; still locked after `timeout` is [`StoreError::Unavailable`].
+    pub fn open_waiting(path: impl AsRef<Path>, timeout: std::time::Duration) -> Result<Self> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match Self::open(path.as_ref()) {
+                Err(e)
+                    if e.to_string().contains("Locked") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     /// Open (or create) the log in directory `path`.
     ///
     /// # Errors
